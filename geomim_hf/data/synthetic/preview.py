@@ -1,0 +1,125 @@
+"""Pictures of a dataset as people inspect nuScenes and ScanNet: what the files on disk say, drawn by the devkit.
+
+For nuScenes the six cameras are shown in rig order with the ground-truth boxes projected by the devkit
+(``get_sample_data`` + ``Box.render``), beside a bird's-eye view of the LiDAR key frame with the same boxes. For
+ScanNet one frame's RGB, depth (colour-mapped) and semantic labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..nuscenes_constants import CAMERA_CHANNELS, CATEGORY_TO_DETECTION_CLASS, LIDAR_CHANNEL
+
+_CLASS_COLORS = {name: color for name, color in zip(
+    ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle", "pedestrian",
+     "traffic_cone"),
+    ("#e41a1c", "#377eb8", "#ffd92f", "#4daf4a", "#a65628", "#999999", "#984ea3", "#17becf", "#f781bf", "#ff7f00"),
+)}
+
+
+def find_nuscenes_version(dataroot: Path) -> str | None:
+    """The version folder (e.g. ``v1.0-mini``) of a nuScenes dataroot, or None if ``dataroot`` holds none."""
+    versions = sorted(p.name for p in dataroot.glob("v1.0-*") if (p / "sample.json").is_file())
+    return versions[0] if versions else None
+
+
+def preview_nuscenes(dataroot: Path, out: Path, sample_index: int = 0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nuscenes import NuScenes
+    from nuscenes.utils.data_classes import LidarPointCloud
+    from PIL import Image
+
+    version = find_nuscenes_version(dataroot)
+    nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
+    if not 0 <= sample_index < len(nusc.sample):
+        raise IndexError(f"sample index {sample_index} out of range: {dataroot} has {len(nusc.sample)} samples")
+    sample = nusc.sample[sample_index]
+
+    figure = plt.figure(figsize=(24, 9), dpi=80)
+    grid = figure.add_gridspec(2, 4, width_ratios=[1, 1, 1, 1.1])
+    for index, channel in enumerate(CAMERA_CHANNELS):
+        axis = figure.add_subplot(grid[index // 3, index % 3])
+        path, boxes, intrinsics = nusc.get_sample_data(sample["data"][channel])
+        image = Image.open(path)
+        axis.imshow(image)
+        for box in boxes:
+            name = CATEGORY_TO_DETECTION_CLASS.get(box.name)
+            color = _CLASS_COLORS.get(name, "#ffffff")
+            box.render(axis, view=intrinsics, normalize=True, colors=(color, color, color), linewidth=1.2)
+        axis.set_xlim(0, image.width)
+        axis.set_ylim(image.height, 0)
+        axis.set_title(channel)
+        axis.axis("off")
+
+    axis = figure.add_subplot(grid[:, 3])
+    lidar_path, boxes, _ = nusc.get_sample_data(sample["data"][LIDAR_CHANNEL])
+    points = LidarPointCloud.from_file(lidar_path).points
+    distance = np.hypot(points[0], points[1])
+    axis.scatter(points[0], points[1], c=np.minimum(distance, 50.0), s=0.3, cmap="viridis")
+    for box in boxes:
+        name = CATEGORY_TO_DETECTION_CLASS.get(box.name)
+        color = _CLASS_COLORS.get(name, "#000000")
+        box.render(axis, view=np.eye(4), colors=(color, color, color), linewidth=1.5)
+    axis.plot(0, 0, "x", color="red")
+    axis.set_xlim(-55, 55)
+    axis.set_ylim(-55, 55)
+    axis.set_aspect("equal")
+    axis.set_title(f"{LIDAR_CHANNEL} (sensor frame), {points.shape[1]} points")
+    scene_name = nusc.get("scene", sample["scene_token"])["name"]
+    figure.suptitle(f"{dataroot.name} / {version} / {scene_name} / sample {sample['token'][:8]}")
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    plt.close(figure)
+    return out
+
+
+def preview_scannet(root: Path, out: Path, frame_index: int = 0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    colors = sorted(root.glob("scene*/color/*.jpg"), key=lambda p: (p.parts[-3], int(p.stem)))
+    if not colors:
+        raise FileNotFoundError(f"{root} holds no ScanNet frames (expected sceneXXXX_XX/color/*.jpg)")
+    if not 0 <= frame_index < len(colors):
+        raise IndexError(f"frame index {frame_index} out of range: {root} has {len(colors)} frames")
+    color_path = colors[frame_index]
+    scene_dir = color_path.parent.parent
+    depth = np.asarray(Image.open(scene_dir / "depth" / f"{color_path.stem}.png")).astype(np.float32) / 1000.0
+    label_path = next(p for p in (scene_dir / "label" / f"{color_path.stem}.png",
+                                  scene_dir / "label-filt" / f"{color_path.stem}.png") if p.exists())
+
+    figure, axes = plt.subplots(1, 3, figsize=(18, 5), dpi=80)
+    axes[0].imshow(Image.open(color_path))
+    axes[0].set_title(f"RGB {color_path.relative_to(root)}")
+    shown = axes[1].imshow(np.where(depth > 0, depth, np.nan), cmap="turbo")
+    figure.colorbar(shown, ax=axes[1], label="depth (m)")
+    axes[1].set_title("depth")
+    axes[2].imshow(np.asarray(Image.open(label_path)), cmap="tab20", interpolation="nearest")
+    axes[2].set_title(f"labels ({label_path.parent.name})")
+    for axis in axes:
+        axis.axis("off")
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    plt.close(figure)
+    return out
+
+
+def render_preview(root: str | Path, out: str | Path, index: int = 0) -> Path:
+    """Preview sample/frame ``index`` of the nuScenes dataroot or ScanNet folder ``root`` as the PNG ``out``."""
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    if find_nuscenes_version(root) is not None:
+        return preview_nuscenes(root, out, index)
+    return preview_scannet(root, out, index)
