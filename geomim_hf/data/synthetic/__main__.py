@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import NuScenesSpec, OutputExistsError, ScanNetSpec, generate_nuscenes, generate_scannet, render_preview
-from .scannet_writer import LAYOUTS
+from ..scannet_format import LAYOUTS
 
 
 def _parser() -> argparse.ArgumentParser:

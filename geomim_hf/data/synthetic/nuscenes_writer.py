@@ -37,7 +37,7 @@ from .rig import (
     camera_rotation,
     camera_trigger_offset_s,
 )
-from .street import StreetScene, lidar_ray_directions, render_camera, render_lidar, sample_street_scene
+from .street import StreetObject, StreetScene, lidar_ray_directions, render_camera, render_lidar, sample_street_scene
 
 SAMPLE_PERIOD_S = 0.5  # key frames at 2 Hz
 FIRST_TIMESTAMP_US = 1_533_151_603_547_590  # 2018-08-01, like the real logs
@@ -310,7 +310,7 @@ def _add_calibrated_sensor(tables: _Tables, scene_index: int, channel: str, imag
     return token
 
 
-def _attribute_tokens(tables: _Tables, obj) -> list[str]:
+def _attribute_tokens(tables: _Tables, obj: StreetObject) -> list[str]:
     if obj.template.attributes is None:
         return []
     moving, static = obj.template.attributes

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..nuscenes_constants import CAMERA_CHANNELS, CATEGORY_TO_DETECTION_CLASS, LIDAR_CHANNEL
+from ..nuscenes_constants import CAMERA_CHANNELS, CATEGORY_TO_DETECTION_CLASS, DETECTION_CLASSES, LIDAR_CHANNEL
 
-_CLASS_COLORS = {name: color for name, color in zip(
-    ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle", "pedestrian",
-     "traffic_cone"),
-    ("#e41a1c", "#377eb8", "#ffd92f", "#4daf4a", "#a65628", "#999999", "#984ea3", "#17becf", "#f781bf", "#ff7f00"),
-)}
+_CLASS_COLORS = dict(zip(DETECTION_CLASSES, (
+    "#e41a1c", "#377eb8", "#ffd92f", "#4daf4a", "#a65628", "#999999", "#984ea3", "#17becf", "#f781bf", "#ff7f00",
+)))
 
 
 def find_nuscenes_version(dataroot: Path) -> str | None:
@@ -41,7 +39,7 @@ def preview_nuscenes(dataroot: Path, out: Path, sample_index: int = 0) -> Path:
         raise IndexError(f"sample index {sample_index} out of range: {dataroot} has {len(nusc.sample)} samples")
     sample = nusc.sample[sample_index]
 
-    figure = plt.figure(figsize=(24, 9), dpi=80)
+    figure = plt.figure(figsize=(24, 8), dpi=80)
     grid = figure.add_gridspec(2, 4, width_ratios=[1, 1, 1, 1.1])
     for index, channel in enumerate(CAMERA_CHANNELS):
         axis = figure.add_subplot(grid[index // 3, index % 3])

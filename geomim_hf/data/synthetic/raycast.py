@@ -81,7 +81,6 @@ def cast_rays(
     rectangle the box projects into), which is where almost all of the rendering time would otherwise go; ``None``
     for a box means all rays.
     """
-    shape = directions.shape[:-1]
     with np.errstate(divide="ignore"):
         ground_t = np.where(ground_plane & (directions[..., 2] < 0), -origin[2] / directions[..., 2], np.inf)
     distance = np.where(ground_t <= max_distance, ground_t, np.inf)
@@ -98,7 +97,6 @@ def cast_rays(
         nearer = t_box < distance[window]
         distance[window] = np.where(nearer, t_box, distance[window])
         instance[window] = np.where(nearer, index, instance[window])
-    assert distance.shape == shape
     return RayHits(distance=distance, instance=instance, box_area=box_area)
 
 

@@ -17,16 +17,22 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..scannet_format import (
+    COLOR_SENSOR_SIZE,
+    DEPTH_SENSOR_SIZE,
+    DEPTH_SHIFT,
+    LABEL_FOLDERS,
+    LAYOUTS,
+    frame_name,
+    intrinsics_path,
+    scale_intrinsics,
+)
 from .raycast import NO_HIT, OrientedBoxes, box_face_coordinates, cast_rays, slab_intersection
 
-COLOR_SENSOR_SIZE = (1296, 968)
 COLOR_INTRINSICS = np.array([[1169.6, 0.0, 646.3], [0.0, 1167.1, 489.9], [0.0, 0.0, 1.0]])  # at 1296x968
-DEPTH_SIZE = (640, 480)
 DEPTH_INTRINSICS = np.array([[577.6, 0.0, 318.9], [0.0, 578.7, 242.7], [0.0, 0.0, 1.0]])
-DEPTH_SHIFT = 1000.0  # uint16 value per metre
 FRAME_STRIDE = 100  # the 25k package keeps every 100th frame of the 30 Hz stream
 STREAM_FPS = 30.0
-LAYOUTS = ("frames_25k", "exported")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +171,7 @@ def _cast(room: Room, pose: np.ndarray, intrinsics: np.ndarray, image_size: tupl
 
 def render_frame(room: Room, time: float, color_size: tuple[int, int]) -> RGBDFrame:
     pose = room.camera_to_world(time)
-    depth, _, _, _ = _cast(room, pose, DEPTH_INTRINSICS, DEPTH_SIZE)
+    depth, _, _, _ = _cast(room, pose, DEPTH_INTRINSICS, DEPTH_SENSOR_SIZE)
     color_intrinsics = scale_intrinsics(COLOR_INTRINSICS, COLOR_SENSOR_SIZE, color_size)
     distance, surface, origin, directions = _cast(room, pose, color_intrinsics, color_size)
     points = origin + distance[..., None] * directions
@@ -204,12 +210,6 @@ def render_frame(room: Room, time: float, color_size: tuple[int, int]) -> RGBDFr
     )
 
 
-def scale_intrinsics(intrinsics: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
-    """3x3 intrinsics of a camera whose images are resized from ``from_size`` to ``to_size`` (width, height)."""
-    scale = np.diag([to_size[0] / from_size[0], to_size[1] / from_size[1], 1.0])
-    return scale @ intrinsics
-
-
 def depth_to_millimetres(depth: np.ndarray) -> np.ndarray:
     """Metric depth to ScanNet's uint16 millimetres; 0 marks no measurement (beyond the sensor's range)."""
     valid = np.isfinite(depth) & (depth > 0) & (depth < 65.0)
@@ -231,11 +231,11 @@ def write_scannet(spec: ScanNetSpec, root: Path, progress: bool = True) -> dict[
     with tqdm(total=spec.scenes * spec.frames, desc="synthetic ScanNet", unit="frame", disable=not progress) as bar:
         for scene_index, name in enumerate(splits["train"] + splits["val"]):
             room = sample_room(np.random.default_rng([spec.seed, scene_index]))
-            write = _write_frames_25k_frame if spec.layout == "frames_25k" else _write_exported_frame
             _write_intrinsics(root / name, spec.layout)
             for frame_index in range(0, spec.frames * FRAME_STRIDE, FRAME_STRIDE):
                 frame = render_frame(room, frame_index / STREAM_FPS, spec.color_size)
-                write(root / name, frame_index, frame, room.camera_to_world(frame_index / STREAM_FPS))
+                pose = room.camera_to_world(frame_index / STREAM_FPS)
+                _write_frame(root / name, spec.layout, frame_index, frame, pose)
                 bar.update()
     return {"scenes": spec.scenes, "frames": spec.scenes * spec.frames}
 
@@ -246,16 +246,12 @@ def _write_intrinsics(scene_dir: Path, layout: str) -> None:
         full[:3, :3] = matrix
         return full
 
-    if layout == "frames_25k":
-        scene_dir.mkdir(parents=True)
-        np.savetxt(scene_dir / "intrinsics_color.txt", as_4x4(COLOR_INTRINSICS), fmt="%f")
-        np.savetxt(scene_dir / "intrinsics_depth.txt", as_4x4(DEPTH_INTRINSICS), fmt="%f")
-    else:
-        (scene_dir / "intrinsic").mkdir(parents=True)
-        np.savetxt(scene_dir / "intrinsic" / "intrinsic_color.txt", as_4x4(COLOR_INTRINSICS), fmt="%f")
-        np.savetxt(scene_dir / "intrinsic" / "intrinsic_depth.txt", as_4x4(DEPTH_INTRINSICS), fmt="%f")
-        np.savetxt(scene_dir / "intrinsic" / "extrinsic_color.txt", np.eye(4), fmt="%f")
-        np.savetxt(scene_dir / "intrinsic" / "extrinsic_depth.txt", np.eye(4), fmt="%f")
+    for camera, intrinsics in (("color", COLOR_INTRINSICS), ("depth", DEPTH_INTRINSICS)):
+        path = intrinsics_path(scene_dir, layout, camera)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savetxt(path, as_4x4(intrinsics), fmt="%f")
+        if layout == "exported":  # the exporter also writes the (identity) colour and depth extrinsics
+            np.savetxt(path.parent / f"extrinsic_{camera}.txt", np.eye(4), fmt="%f")
 
 
 def _save(path: Path, array: np.ndarray, **kwargs) -> None:
@@ -263,21 +259,15 @@ def _save(path: Path, array: np.ndarray, **kwargs) -> None:
     Image.fromarray(array).save(path, **kwargs)
 
 
-def _write_frames_25k_frame(scene_dir: Path, frame_index: int, frame: RGBDFrame, pose: np.ndarray) -> None:
-    stem = f"{frame_index:06d}"
+def _write_frame(scene_dir: Path, layout: str, frame_index: int, frame: RGBDFrame, pose: np.ndarray) -> None:
+    stem = frame_name(layout, frame_index)
     _save(scene_dir / "color" / f"{stem}.jpg", frame.color, quality=92)
     _save(scene_dir / "depth" / f"{stem}.png", depth_to_millimetres(frame.depth))
-    _save(scene_dir / "label" / f"{stem}.png", frame.nyu40_label)
-    _save(scene_dir / "instance" / f"{stem}.png", (frame.nyu40_label.astype(np.uint16) * 1000 + frame.instance))
-    (scene_dir / "pose").mkdir(exist_ok=True)
-    np.savetxt(scene_dir / "pose" / f"{stem}.txt", pose, fmt="%f")
-
-
-def _write_exported_frame(scene_dir: Path, frame_index: int, frame: RGBDFrame, pose: np.ndarray) -> None:
-    stem = str(frame_index)  # the exporter does not zero-pad
-    _save(scene_dir / "color" / f"{stem}.jpg", frame.color, quality=92)
-    _save(scene_dir / "depth" / f"{stem}.png", depth_to_millimetres(frame.depth))
-    _save(scene_dir / "label-filt" / f"{stem}.png", frame.scannet_label)
-    _save(scene_dir / "instance-filt" / f"{stem}.png", frame.instance.astype(np.uint8))
+    if layout == "frames_25k":
+        _save(scene_dir / LABEL_FOLDERS[layout] / f"{stem}.png", frame.nyu40_label)
+        _save(scene_dir / "instance" / f"{stem}.png", frame.nyu40_label.astype(np.uint16) * 1000 + frame.instance)
+    else:
+        _save(scene_dir / LABEL_FOLDERS[layout] / f"{stem}.png", frame.scannet_label)
+        _save(scene_dir / "instance-filt" / f"{stem}.png", frame.instance.astype(np.uint8))
     (scene_dir / "pose").mkdir(exist_ok=True)
     np.savetxt(scene_dir / "pose" / f"{stem}.txt", pose, fmt="%f")
