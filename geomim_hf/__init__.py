@@ -1,0 +1,25 @@
+"""GeoMIM and Mask3D pretraining for the HuggingFace ecosystem.
+
+Importing the package registers its models and image processor with the transformers Auto classes, so that
+`AutoModel.from_pretrained("geomim/swin-base")`, `AutoBackbone.from_config(...)` and
+`AutoImageProcessor.from_pretrained(...)` resolve to them.
+"""
+
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
+
+from .data.image_processing_geomim import GeoMIMImageProcessor
+from .models.geomim import GeoMIMBackbone, GeoMIMConfig, GeoMIMModel, GeoMIMModelOutput, GeoMIMPreTrainedModel
+
+AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig)
+AutoModel.register(GeoMIMConfig, GeoMIMModel)
+AutoBackbone.register(GeoMIMConfig, GeoMIMBackbone)
+AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
+
+__all__ = [
+    "GeoMIMBackbone",
+    "GeoMIMConfig",
+    "GeoMIMImageProcessor",
+    "GeoMIMModel",
+    "GeoMIMModelOutput",
+    "GeoMIMPreTrainedModel",
+]

@@ -253,10 +253,8 @@ def test_save_and_load_reproduce_every_setting(tmp_path):
 
 
 def test_auto_image_processor_finds_the_class(tmp_path):
-    from geomim_hf.models.geomim import GeoMIMConfig
+    import geomim_hf  # noqa: F401  (registers the class with AutoImageProcessor)
 
-    # geomim_hf/__init__.py should register it on import; registering again is harmless.
-    AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor}, exist_ok=True)
     GeoMIMImageProcessor.bevdet_finetuning().save_pretrained(tmp_path)
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert type(loaded) is GeoMIMImageProcessor and loaded.channel_order == "bgr"

@@ -1,0 +1,185 @@
+"""Convert a GeoMIM Swin checkpoint, or an ImageNet Swin one, into a `GeoMIMModel` folder ready for the Hub.
+
+    python conversion/convert_geomim_swin_to_hf.py --checkpoint geomim_base.pth --output_dir geomim-swin-base
+    python conversion/convert_geomim_swin_to_hf.py --checkpoint swin_base_patch4_window7_224.pth \
+        --output_dir swin-base-imagenet
+
+Accepted sources: GeoMIM pretraining checkpoints, the backbone of finetuned BEVDet detectors, mmdet Swin backbones,
+and official / timm Swin checkpoints (converted with shifted windows). The key mapping lives in
+`geomim_hf.models.geomim.conversion_geomim`; this script loads the file (`weights_only=True`), prints the conversion
+report, and writes `model.safetensors`, `config.json` and a model card filled from `model_cards/`.
+"""
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+from huggingface_hub import create_repo, upload_folder
+
+from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
+from geomim_hf.models.geomim import GeoMIMConfig
+from geomim_hf.models.geomim.conversion_geomim import (
+    CheckpointConversionError,
+    ConversionReport,
+    convert_checkpoint,
+    load_checkpoint_file,
+)
+
+
+MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+CONVERSION_RECORD_MARKER = "<!-- conversion-record -->"
+
+# The released GeoMIM encoders (geomim.md section 1.1); both have depths (2, 2, 18, 2) and windows (16, 16, 16, 8).
+GEOMIM_VARIANTS = {
+    "base": {"embed_dim": 128, "num_heads": [4, 8, 16, 32]},
+    "large": {"embed_dim": 192, "num_heads": [6, 12, 24, 48]},
+}
+
+GENERIC_MODEL_CARD = f"""---
+library_name: geomim_hf
+tags:
+- swin
+- geomim_hf
+pipeline_tag: image-feature-extraction
+---
+
+# Swin encoder converted to `GeoMIMModel`
+
+This folder holds a Swin encoder converted with `conversion/convert_geomim_swin_to_hf.py` from the `geomim_hf`
+package. It is not one of the released GeoMIM Swin-B / Swin-L encoders, so no results are claimed for it. Load it
+with `import geomim_hf` followed by `transformers.AutoModel.from_pretrained(<this folder>)`.
+
+{CONVERSION_RECORD_MARKER}
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint file (.pth, .pt, .bin or .safetensors)"
+    )
+    parser.add_argument("--output_dir", type=Path, required=True, help="folder to write the converted model into")
+    parser.add_argument(
+        "--variant",
+        choices=("base", "large", "auto"),
+        default="auto",
+        help="GeoMIM size the checkpoint must be; 'auto' reads it from the weights (default)",
+    )
+    parser.add_argument(
+        "--shift_windows",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="whether odd blocks shift their windows; 'auto': off for mmdet-layout (GeoMIM), on for Swin layout",
+    )
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the output folder to this Hub repo")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f"--checkpoint {args.checkpoint} is not a file")
+    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
+        parser.error(f"--output_dir {args.output_dir} is not empty; pass --overwrite to write into it")
+    return args
+
+
+def geomim_variant(config: GeoMIMConfig, report: ConversionReport) -> str | None:
+    """The released GeoMIM encoder the converted architecture is, if any."""
+    for name, widths in GEOMIM_VARIANTS.items():
+        if (
+            report.source_layout == "mmdet"
+            and config.embed_dim == widths["embed_dim"]
+            and config.num_heads == widths["num_heads"]
+            and config.depths == [2, 2, 18, 2]
+            and config.window_size == [16, 16, 16, 8]
+            and not config.shift_windows
+        ):
+            return name
+    return None
+
+
+def describe_architecture(config: GeoMIMConfig, report: ConversionReport) -> str:
+    return (
+        f"{report.source_layout} layout, embed_dim {config.embed_dim}, depths {config.depths}, "
+        f"heads {config.num_heads}, windows {config.window_size}, shift_windows {config.shift_windows}"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def conversion_record(checkpoint: Path, config: GeoMIMConfig, report: ConversionReport) -> str:
+    return "\n".join(
+        [
+            "## Conversion record",
+            "",
+            f"- Source file: `{checkpoint.name}` (SHA-256 `{file_sha256(checkpoint)}`)",
+            f"- Architecture read from the weights: {describe_architecture(config, report)}",
+            "- Converter: `conversion/convert_geomim_swin_to_hf.py` (geomim_hf), strict load, report below",
+            "",
+            "```text",
+            report.format(),
+            "```",
+        ]
+    )
+
+
+def render_model_card(variant: str | None, record: str) -> str:
+    """The card template of the GeoMIM `variant` (or a generic one for other encoders) with `record` filled in."""
+    if variant is None:
+        template = GENERIC_MODEL_CARD
+    else:
+        template = (MODEL_CARDS_DIR / f"geomim-swin-{variant}.md").read_text()
+    if CONVERSION_RECORD_MARKER not in template:
+        raise ValueError(f"The {variant or 'generic'} model card template has no {CONVERSION_RECORD_MARKER} marker")
+    return template.replace(CONVERSION_RECORD_MARKER, record)
+
+
+def image_processor(report: ConversionReport) -> GeoMIMImageProcessor:
+    """The input pipeline the weights were trained with: BEVDet finetuning (which feeds BGR, see
+    ``GeoMIMImageProcessor``) for the backbone of a finetuned BEVDet checkpoint, true RGB otherwise."""
+    if report.backbone_prefix == "img_backbone.":
+        return GeoMIMImageProcessor.bevdet_finetuning()
+    return GeoMIMImageProcessor.geomim_pretraining()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    shift_windows = {"auto": None, "on": True, "off": False}[args.shift_windows]
+    try:
+        model, report = convert_checkpoint(load_checkpoint_file(args.checkpoint), shift_windows=shift_windows)
+    except CheckpointConversionError as error:
+        sys.exit(f"error: cannot convert {args.checkpoint}: {error}")
+    print(report.format())
+
+    variant = geomim_variant(model.config, report)
+    if args.variant != "auto" and variant != args.variant:
+        sys.exit(
+            f"error: --variant {args.variant} expects GeoMIM Swin-{args.variant.capitalize()} "
+            f"({GEOMIM_VARIANTS[args.variant]}), the checkpoint is {describe_architecture(model.config, report)}"
+        )
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.output_dir)
+    image_processor(report).save_pretrained(args.output_dir)
+    record = conversion_record(args.checkpoint, model.config, report)
+    (args.output_dir / "README.md").write_text(render_model_card(variant, record))
+    print(f"Wrote {args.output_dir}: model.safetensors, config.json, preprocessor_config.json, README.md "
+          f"({variant or 'generic'} card)")
+
+    if args.push_to_hub:
+        create_repo(args.push_to_hub, exist_ok=True)
+        upload_folder(
+            repo_id=args.push_to_hub,
+            folder_path=args.output_dir,
+            commit_message=f"Add {args.checkpoint.name} converted to GeoMIMModel",
+        )
+        print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
+
+
+if __name__ == "__main__":
+    main()
