@@ -1,0 +1,68 @@
+"""Throughput of the nuScenes input pipeline: samples per second, six images decoded and augmented plus 10-sweep
+LiDAR and depth targets, through ``load_nuscenes`` + ``NuScenesCollator`` with 0 and 2 DataLoader workers.
+
+Baseline, run in the same process on the same data: the naive loop that calls the devkit per sample without caching
+its tables (a new ``NuScenes`` per sample), then does the same decoding and processing.
+
+    python benchmarks/data_throughput.py [--image-size 800 450] [--samples-per-scene 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from geomim_hf.data.collate import NuScenesCollator
+from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
+from geomim_hf.data.nuscenes import load_nuscenes, nuscenes_database, sample_example
+from geomim_hf.data.synthetic import generate_nuscenes
+
+VERSION = "v1.0-mini"
+NUM_SWEEPS = 10
+
+
+def pipeline_rate(root: Path, collate: NuScenesCollator, num_workers: int) -> float:
+    dataset = load_nuscenes(root, VERSION, "mini_train", num_sweeps=NUM_SWEEPS)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=collate)
+    start, count = time.perf_counter(), 0
+    for batch in loader:
+        count += len(batch["sample_tokens"])
+    return count / (time.perf_counter() - start)
+
+
+def naive_rate(root: Path, collate: NuScenesCollator, samples: int) -> float:
+    from nuscenes import NuScenes
+
+    start = time.perf_counter()
+    for index in range(samples):
+        nusc = NuScenes(VERSION, str(root), verbose=False)  # tables re-read for every sample
+        example = sample_example(nusc, nusc.sample[index], NUM_SWEEPS)
+        collate([example])
+    return samples / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--image-size", type=int, nargs=2, default=(800, 450), metavar=("W", "H"))
+    parser.add_argument("--samples-per-scene", type=int, default=5)
+    args = parser.parse_args()
+    collate = NuScenesCollator(GeoMIMImageProcessor.bevdet_finetuning(), augment=True,
+                               generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as folder:
+        # Three scenes: two in mini_train, one shard per DataLoader worker.
+        root = generate_nuscenes(Path(folder) / "nuscenes", scenes=3, samples_per_scene=args.samples_per_scene,
+                                 image_size=tuple(args.image_size), progress=False)
+        baseline = naive_rate(root, collate, 2 * args.samples_per_scene)
+        for num_workers in (0, 2):
+            nuscenes_database.cache_clear()
+            rate = pipeline_rate(root, collate, num_workers)
+            print(f"config=workers{num_workers}_images{args.image_size[0]}x{args.image_size[1]}_sweeps{NUM_SWEEPS} "
+                  f"samples_per_s={rate:.2f} baseline={baseline:.2f} ratio={rate / baseline:.2f}")
+
+
+if __name__ == "__main__":
+    main()
