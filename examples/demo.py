@@ -1,7 +1,8 @@
 """The whole product on the built-in synthetic default, end to end: ``make demo``.
 
 Steps so far: generate the synthetic nuScenes and ScanNet sets in their official layouts, read them back with the
-nuScenes devkit and summarise them, draw a preview of each, and stream one training batch through the data layer. Later capabilities (pretraining, BEV detection,
+nuScenes devkit and summarise them, draw a preview of each, stream one training batch through the data layer, and
+convert a GeoMIM checkpoint in the original (mmdet) layout to a transformers model that encodes that batch. Later capabilities (pretraining, BEV detection,
 evaluation, Hub round trips) add their steps here, so that this one command always shows everything working.
 """
 
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from geomim_hf import GeoMIMModel
 from geomim_hf.data.collate import NuScenesCollator
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.data.nuscenes import load_nuscenes
@@ -45,7 +49,59 @@ def summarise_scannet(root: Path) -> None:
         print(f"{split}: {len(scenes)} scans, {frames} RGB-D frames ({', '.join(scenes)})")
 
 
-def print_training_batch(nuscenes_root: Path, version: str, scannet_root: Path) -> None:
+def synthetic_geomim_checkpoint(path: Path, embed_dim: int = 32, depths=(2, 2, 2, 2), heads=(1, 2, 4, 8),
+                                windows=(16, 16, 16, 8)) -> Path:
+    """A small GeoMIM pretraining checkpoint with random weights, laid out as the original runner saves it: the
+    mmdet-layout encoder under ``encoders.camera.backbone.``, plus pretraining-only decoder keys and optimizer state."""
+    generator = torch.Generator().manual_seed(0)
+
+    def weights(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.02
+
+    def linear(name: str, out_features: int, in_features: int) -> dict:
+        return {f"{name}.weight": weights(out_features, in_features), f"{name}.bias": weights(out_features)}
+
+    def norm(name: str, dim: int) -> dict:
+        return {f"{name}.weight": 1 + weights(dim), f"{name}.bias": weights(dim)}
+
+    encoder = {"patch_embed.projection.weight": weights(embed_dim, 3, 4, 4), "patch_embed.projection.bias":
+               weights(embed_dim), **norm("patch_embed.norm", embed_dim),
+               "absolute_pos_embed": weights(1, embed_dim, 56, 56)}
+    for stage, (depth, num_heads, window) in enumerate(zip(depths, heads, windows)):
+        dim = embed_dim * 2**stage
+        for block in range(depth):
+            prefix = f"stages.{stage}.blocks.{block}."
+            encoder |= norm(prefix + "norm1", dim) | norm(prefix + "norm2", dim)
+            encoder |= linear(prefix + "attn.w_msa.qkv", 3 * dim, dim) | linear(prefix + "attn.w_msa.proj", dim, dim)
+            encoder[prefix + "attn.w_msa.relative_position_bias_table"] = weights((2 * window - 1) ** 2, num_heads)
+            encoder[prefix + "attn.w_msa.relative_position_index"] = torch.zeros(window**2, window**2,
+                                                                                 dtype=torch.long)
+            encoder |= linear(prefix + "ffn.layers.0.0", 4 * dim, dim) | linear(prefix + "ffn.layers.1", dim, 4 * dim)
+        if stage < len(depths) - 1:
+            encoder |= norm(f"stages.{stage}.downsample.norm", 4 * dim)
+            encoder[f"stages.{stage}.downsample.reduction.weight"] = weights(2 * dim, 4 * dim)
+    encoder |= norm("norm2", embed_dim * 4) | norm("norm3", embed_dim * 8)
+    decoder = {"mask_token": weights(1, 1, 512), "decoder_norm.weight": weights(512)}
+    state_dict = {f"encoders.camera.backbone.{key}": value for key, value in (encoder | decoder).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"meta": {"epoch": 50}, "state_dict": state_dict, "optimizer": {"state": {}}}, path)
+    return path
+
+
+def convert_and_encode(out: Path, pixel_values: torch.Tensor) -> None:
+    checkpoint = synthetic_geomim_checkpoint(out / "checkpoints" / "geomim_synthetic.pth")
+    model_dir = out / "geomim-swin-synthetic"
+    script = Path(__file__).resolve().parent.parent / "conversion" / "convert_geomim_swin_to_hf.py"
+    subprocess.run([sys.executable, str(script), "--checkpoint", str(checkpoint), "--output_dir", str(model_dir),
+                    "--overwrite"], check=True)
+    model = GeoMIMModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        outputs = model(pixel_values)
+    print(f"reloaded {type(model).__name__} from {model_dir}; the demo batch {tuple(pixel_values.shape)} gives "
+          f"feature maps {[tuple(f.shape) for f in outputs.feature_maps]}")
+
+
+def print_training_batch(nuscenes_root: Path, version: str, scannet_root: Path) -> torch.Tensor:
     dataset = load_nuscenes(nuscenes_root, version, split="mini_train", num_sweeps=10)
     collate = NuScenesCollator(GeoMIMImageProcessor.bevdet_finetuning(), augment=True,
                                generator=torch.Generator().manual_seed(0))
@@ -57,6 +113,7 @@ def print_training_batch(nuscenes_root: Path, version: str, scannet_root: Path) 
     frame = next(iter(load_scannet(scannet_root, split="train")))
     print(f"ScanNet frame {frame['scene_id']}/{frame['frame_index']}: image {frame['image'].size}, "
           f"depth {frame['depth'].shape} metres, label space {frame['label_space']}")
+    return batch["pixel_values"]
 
 
 def main() -> None:
@@ -82,7 +139,10 @@ def main() -> None:
         print(f"wrote {render_preview(dataset, args.out / f'preview_{dataset.name}.png').resolve()}")
 
     _step("4. Streaming data layer: one training batch")
-    print_training_batch(nuscenes_root, nuscenes_spec.version, scannet_root)
+    pixel_values = print_training_batch(nuscenes_root, nuscenes_spec.version, scannet_root)
+
+    _step("5. GeoMIM encoder: convert an original-layout checkpoint, reload it with from_pretrained, encode the batch")
+    convert_and_encode(args.out, pixel_values)
 
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
 

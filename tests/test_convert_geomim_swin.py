@@ -187,6 +187,13 @@ def test_checkpoint_files_are_loaded_with_weights_only(tmp_path):
         load_checkpoint_file(tmp_path / "missing.pth")
 
 
+def test_a_truncated_checkpoint_file_is_named(pretraining_checkpoint, tmp_path):
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(pretraining_checkpoint.read_bytes()[:5000])
+    with pytest.raises(CheckpointConversionError, match="truncated.pth is not a readable checkpoint"):
+        load_checkpoint_file(truncated)
+
+
 def test_script_refuses_a_non_empty_output_dir_a_missing_file_and_a_wrong_variant(
     pretraining_checkpoint, converted_dir, tmp_path, capsys
 ):

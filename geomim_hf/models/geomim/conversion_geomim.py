@@ -247,6 +247,10 @@ def load_checkpoint_file(path: str | Path) -> Mapping[str, object]:
             f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle; re-save its tensors as a "
             f"plain dict (or safetensors) from a trusted environment. torch said: {error}"
         ) from error
+    except (RuntimeError, EOFError, OSError) as error:  # what torch raises for a truncated or corrupt archive
+        raise CheckpointConversionError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {error}"
+        ) from error
 
 
 def unwrap_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
