@@ -10,16 +10,12 @@ from PIL import Image
 
 from geomim_hf.data.errors import DataError
 from geomim_hf.data.scannet import load_scannet
-from geomim_hf.data.scannet_format import COLOR_SENSOR_SIZE, frame_name
+from geomim_hf.data.scannet_format import COLOR_SENSOR_SIZE, detect_layout, frame_name
 from geomim_hf.data.synthetic.scannet_writer import COLOR_INTRINSICS, DEPTH_INTRINSICS
 
 
-def _layout(root) -> str:
-    return "frames_25k" if (root / "scene0000_00" / "intrinsics_color.txt").exists() else "exported"
-
-
 def test_frames_carry_metric_depth_scaled_intrinsics_pose_and_labels(scannet_root):
-    layout = _layout(scannet_root)
+    layout = detect_layout(scannet_root / "scene0000_00")
     frames = list(load_scannet(scannet_root, split="train"))
     assert [(f["scene_id"], f["frame_index"]) for f in frames] == [("scene0000_00", i) for i in (0, 100, 200)]
     frame = frames[1]
@@ -48,7 +44,7 @@ def test_split_errors_and_unlabelled_scans(scannet_root):
 def test_bad_frames_are_named_or_left_out(scannet_root, tmp_path):
     root = tmp_path / "scannet"
     shutil.copytree(scannet_root, root)
-    layout = _layout(root)
+    layout = detect_layout(root / "scene0000_00")
     np.savetxt(root / "scene0000_00" / "pose" / f"{frame_name(layout, 100)}.txt", np.full((4, 4), -np.inf))
     assert [f["frame_index"] for f in load_scannet(root)] == [0, 200]  # the invalid pose is dropped
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from geomim_hf.data.scannet_format import LABEL_FOLDERS, detect_layout, intrinsics_path
 from geomim_hf.data.synthetic.__main__ import main as synthetic_cli
 from geomim_hf.data.synthetic.scannet_writer import (
     COLOR_INTRINSICS,
@@ -16,19 +17,18 @@ from geomim_hf.data.synthetic.scannet_writer import (
 
 def _frame_files(scene_dir, layout: str) -> dict[str, list]:
     """Per modality, the frame files of one scan, ordered by frame index."""
-    folders = {"frames_25k": ("color", "depth", "label", "instance", "pose"),
-               "exported": ("color", "depth", "label-filt", "instance-filt", "pose")}[layout]
+    instance_folder = {"frames_25k": "instance", "exported": "instance-filt"}[layout]
+    folders = ("color", "depth", LABEL_FOLDERS[layout], instance_folder, "pose")
     return {folder: sorted((scene_dir / folder).iterdir(), key=lambda p: int(p.name.split(".")[0]))
             for folder in folders}
 
 
 def _layout(root) -> str:
-    return "frames_25k" if (root / "scene0000_00" / "intrinsics_color.txt").exists() else "exported"
+    return detect_layout(root / "scene0000_00")
 
 
 def _intrinsics(scene_dir, layout: str, kind: str) -> np.ndarray:
-    path = scene_dir / (f"intrinsics_{kind}.txt" if layout == "frames_25k" else f"intrinsic/intrinsic_{kind}.txt")
-    matrix = np.loadtxt(path)
+    matrix = np.loadtxt(intrinsics_path(scene_dir, layout, kind))
     assert matrix.shape == (4, 4)
     return matrix[:3, :3]
 
@@ -47,8 +47,7 @@ def test_official_layout_and_encodings(scannet_root):
             assert depth.mode == "I;16" and depth.size == (640, 480)
             millimetres = np.asarray(depth)
         assert 500 < np.median(millimetres) < 8000  # a room seen from inside: metres, stored as mm
-        label_folder = "label" if layout == "frames_25k" else "label-filt"
-        labels = np.asarray(Image.open(files[label_folder][0]))
+        labels = np.asarray(Image.open(files[LABEL_FOLDERS[layout]][0]))
         ids = {c.nyu40_id if layout == "frames_25k" else c.scannet_id
                for c in (*ROOM_CLASSES.values(), *FURNITURE_CLASSES.values())}
         assert set(np.unique(labels)) <= ids and len(np.unique(labels)) >= 3

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..nuscenes_constants import CAMERA_CHANNELS, CATEGORY_TO_DETECTION_CLASS, DETECTION_CLASSES, LIDAR_CHANNEL
+from ..scannet_format import LABEL_FOLDERS, detect_layout
 
 _CLASS_COLORS = dict(zip(DETECTION_CLASSES, (
     "#e41a1c", "#377eb8", "#ffd92f", "#4daf4a", "#a65628", "#999999", "#984ea3", "#17becf", "#f781bf", "#ff7f00",
@@ -93,8 +94,7 @@ def preview_scannet(root: Path, out: Path, frame_index: int = 0) -> Path:
     color_path = colors[frame_index]
     scene_dir = color_path.parent.parent
     depth = np.asarray(Image.open(scene_dir / "depth" / f"{color_path.stem}.png")).astype(np.float32) / 1000.0
-    label_path = next(p for p in (scene_dir / "label" / f"{color_path.stem}.png",
-                                  scene_dir / "label-filt" / f"{color_path.stem}.png") if p.exists())
+    label_path = scene_dir / LABEL_FOLDERS[detect_layout(scene_dir)] / f"{color_path.stem}.png"
 
     figure, axes = plt.subplots(1, 3, figsize=(18, 5), dpi=80)
     axes[0].imshow(Image.open(color_path))
