@@ -1,19 +1,32 @@
 """GeoMIM and Mask3D pretraining for the HuggingFace ecosystem.
 
 Importing the package registers its models and image processor with the transformers Auto classes, so that
-`AutoModel.from_pretrained("geomim/swin-base")`, `AutoBackbone.from_config(...)` and
+`AutoModel.from_pretrained("geomim/swin-base")`, `AutoModelForPreTraining` (Mask3D), `AutoBackbone.from_config(...)` and
 `AutoImageProcessor.from_pretrained(...)` resolve to them.
 """
 
-from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
 
 from .data.image_processing_geomim import GeoMIMImageProcessor
 from .models.geomim import GeoMIMBackbone, GeoMIMConfig, GeoMIMModel, GeoMIMModelOutput, GeoMIMPreTrainedModel
+from .models.mask3d import (
+    Mask3DBackbone,
+    Mask3DConfig,
+    Mask3DForDepthPretraining,
+    Mask3DForDepthPretrainingOutput,
+    Mask3DModel,
+    Mask3DModelOutput,
+    Mask3DPreTrainedModel,
+)
 
 AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig)
 AutoModel.register(GeoMIMConfig, GeoMIMModel)
 AutoBackbone.register(GeoMIMConfig, GeoMIMBackbone)
 AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
+AutoConfig.register(Mask3DConfig.model_type, Mask3DConfig)
+AutoModel.register(Mask3DConfig, Mask3DModel)
+AutoModelForPreTraining.register(Mask3DConfig, Mask3DForDepthPretraining)
+AutoBackbone.register(Mask3DConfig, Mask3DBackbone)
 
 __all__ = [
     "GeoMIMBackbone",
@@ -22,4 +35,11 @@ __all__ = [
     "GeoMIMModel",
     "GeoMIMModelOutput",
     "GeoMIMPreTrainedModel",
+    "Mask3DBackbone",
+    "Mask3DConfig",
+    "Mask3DForDepthPretraining",
+    "Mask3DForDepthPretrainingOutput",
+    "Mask3DModel",
+    "Mask3DModelOutput",
+    "Mask3DPreTrainedModel",
 ]

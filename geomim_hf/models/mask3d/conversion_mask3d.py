@@ -1,0 +1,264 @@
+"""Conversion of ViT checkpoints into the RGB encoder of Mask3D ([`Mask3DModel`]): the one place that knows foreign key
+names.
+
+Two source layouts:
+
+- **timm** (`patch_embed.proj`, `blocks.{i}.attn.qkv`, a final `norm`): timm ViTs and the original MAE release
+  (facebookresearch/mae, whose pretraining checkpoints also hold the decoder, dropped here). Fused `qkv` rows are split
+  into query, key and value. The number of heads cannot be read from the weights: it is an argument (timm's ViT-Ti/S/B/L
+  all use 64-dimensional heads, the default).
+- **transformers** `ViTModel` / `ViTMAEModel` (also from their heads' checkpoints): loaded by transformers itself, which
+  also renames v4 keys, and copied one to one, since `Mask3DModel` uses their weight names.
+
+Everything that is not the encoder is dropped by an explicit list and reported; any other key is an error. The output
+keeps the source's square grid unless another `image_size` is asked for, in which case the position table is resized
+bicubically once, exactly as the encoder would resize it on the fly.
+"""
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..geomim.conversion_geomim import CheckpointConversionError
+from .configuration_mask3d import Mask3DConfig
+from .modeling_mask3d import Mask3DModel, resize_position_table
+
+TIMM_HEAD_DIM = 64
+
+
+def _split_qkv(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(tensor.chunk(3, dim=0))
+
+
+def _unchanged(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (tensor,)
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    pattern: str  # full match on the source key, with named groups used by the targets
+    targets: tuple[str, ...]
+    transform: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] = _unchanged
+
+
+TIMM_RULES = (
+    KeyRule(r"cls_token", ("embeddings.cls_token",)),
+    KeyRule(r"pos_embed", ("embeddings.position_embeddings",)),
+    KeyRule(r"patch_embed\.proj\.(?P<p>weight|bias)", ("embeddings.patch_embeddings.projection.{p}",)),
+    KeyRule(r"blocks\.(?P<i>\d+)\.norm1\.(?P<p>weight|bias)", ("layers.{i}.layernorm_before.{p}",)),
+    KeyRule(r"blocks\.(?P<i>\d+)\.norm2\.(?P<p>weight|bias)", ("layers.{i}.layernorm_after.{p}",)),
+    KeyRule(
+        r"blocks\.(?P<i>\d+)\.attn\.qkv\.(?P<p>weight|bias)",
+        ("layers.{i}.attention.q_proj.{p}", "layers.{i}.attention.k_proj.{p}", "layers.{i}.attention.v_proj.{p}"),
+        _split_qkv,
+    ),
+    KeyRule(r"blocks\.(?P<i>\d+)\.attn\.proj\.(?P<p>weight|bias)", ("layers.{i}.attention.o_proj.{p}",)),
+    KeyRule(r"blocks\.(?P<i>\d+)\.mlp\.fc(?P<n>[12])\.(?P<p>weight|bias)", ("layers.{i}.mlp.fc{n}.{p}",)),
+    KeyRule(r"norm\.(?P<p>weight|bias)", ("layernorm.{p}",)),
+)
+DROPPED_PREFIXES = {
+    "timm": {
+        "classifier head": ("head.",),
+        "MAE decoder (pretraining only)": ("mask_token", "decoder_"),
+    },
+    "transformers": {
+        "pooler": ("pooler.",),
+        "mask token (masked image modeling only)": ("embeddings.mask_token",),
+    },
+}
+# timm ViT features the Mask3D encoder does not have; converting them would silently change the function.
+UNSUPPORTED_TIMM_KEYS = {
+    "fc_norm.": "the model pools by averaging and has no final norm on the tokens (global_pool='avg')",
+    "reg_token": "register tokens",
+    "norm_pre.": "a norm before the blocks",
+    ".ls1.": "layer scale",
+    ".q_norm.": "query / key normalisation",
+}
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did with every key of the source checkpoint."""
+
+    source_layout: str
+    converted: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        num_targets = sum(len(targets) for targets in self.converted.values())
+        split = sum(len(targets) > 1 for targets in self.converted.values())
+        lines = [
+            f"Source layout: {self.source_layout}",
+            f"Converted: {len(self.converted)} source tensors -> {num_targets} Mask3DModel tensors "
+            f"({split} fused qkv split into query, key and value)",
+        ]
+        for reason, keys in self.dropped.items():
+            shown = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
+            lines.append(f"Dropped, {reason}: {len(keys)} [{shown}]")
+        lines += [f"Note: {note}" for note in self.notes]
+        lines.append(f"Missing: {len(self.missing)}" + (f" {self.missing}" if self.missing else ""))
+        lines.append(f"Unexpected: {len(self.unexpected)}" + (f" {self.unexpected}" if self.unexpected else ""))
+        return "\n".join(lines)
+
+
+def _dropped_reason(layout: str, key: str) -> str | None:
+    for reason, prefixes in DROPPED_PREFIXES[layout].items():
+        if key.startswith(prefixes):
+            return reason
+    return None
+
+
+def _square_grid_side(position_rows: int, key: str) -> int:
+    """The side of the square patch grid of a position table with a CLS row."""
+    side = int(round((position_rows - 1) ** 0.5))
+    if side * side != position_rows - 1:
+        raise CheckpointConversionError(
+            f"{key} has {position_rows} rows, not 1 (CLS) + a square grid; tables without a CLS row are unsupported"
+        )
+    return side
+
+
+def convert_timm_state_dict(
+    state_dict: Mapping[str, torch.Tensor], num_attention_heads: int | None = None, layer_norm_eps: float = 1e-6
+) -> tuple[Mask3DConfig, dict[str, torch.Tensor], ConversionReport]:
+    """Converts a timm-layout ViT (or original MAE) state dict to `Mask3DModel` keys, and reads the architecture.
+
+    Args:
+        state_dict: the tensors, without container or `module.` prefix (see `unwrap_state_dict`).
+        num_attention_heads: heads per layer; the weights cannot tell. Default: hidden size / 64.
+        layer_norm_eps: epsilon of the source's layer norms (timm and MAE: 1e-6).
+    """
+    report = ConversionReport(source_layout="timm")
+    for marker, feature in UNSUPPORTED_TIMM_KEYS.items():
+        offending = sorted(key for key in state_dict if marker in key or key.startswith(marker))
+        if offending:
+            raise CheckpointConversionError(f"{offending[0]}: unsupported ViT feature ({feature})")
+    rules = [(re.compile(rule.pattern), rule) for rule in TIMM_RULES]
+    converted = {}
+    for key, tensor in state_dict.items():
+        reason = _dropped_reason("timm", key)
+        if reason is not None:
+            report.dropped.setdefault(reason, []).append(key)
+            continue
+        for pattern, rule in rules:
+            if (match := pattern.fullmatch(key)) is not None:
+                break
+        else:
+            raise CheckpointConversionError(
+                f"Unknown key {key!r} in the timm-layout checkpoint: neither an encoder weight nor on a drop list"
+            )
+        targets = tuple(target.format(**match.groupdict()) for target in rule.targets)
+        for target, value in zip(targets, rule.transform(tensor), strict=True):
+            converted[target] = value.contiguous()
+        report.converted[key] = targets
+
+    projection_key = "embeddings.patch_embeddings.projection.weight"
+    if projection_key not in converted or "embeddings.position_embeddings" not in converted:
+        raise CheckpointConversionError(
+            f"No timm ViT patch embedding and position embedding (patch_embed.proj.weight, pos_embed) found; first "
+            f"keys: {sorted(state_dict)[:8]}"
+        )
+    hidden_size, num_channels, patch_size, _ = converted[projection_key].shape
+    side = _square_grid_side(converted["embeddings.position_embeddings"].shape[1], "pos_embed")
+    layer_indices = {int(key.split(".")[1]) for key in converted if key.startswith("layers.")}
+    if num_attention_heads is None:
+        num_attention_heads = max(1, hidden_size // TIMM_HEAD_DIM)
+        report.notes.append(f"assumed {num_attention_heads} heads ({TIMM_HEAD_DIM}-dim, timm's ViT-Ti/S/B/L)")
+    config = Mask3DConfig(
+        image_size=side * patch_size,
+        patch_size=patch_size,
+        num_channels=num_channels,
+        hidden_size=hidden_size,
+        num_hidden_layers=len(layer_indices),
+        num_attention_heads=num_attention_heads,
+        intermediate_size=converted["layers.0.mlp.fc1.weight"].shape[0],
+        qkv_bias="layers.0.attention.q_proj.bias" in converted,
+        layer_norm_eps=layer_norm_eps,
+        trainable_position_embeddings=True,
+    )
+    return config, converted, report
+
+
+def convert_transformers_vit(model: torch.nn.Module) -> tuple[Mask3DConfig, dict[str, torch.Tensor], ConversionReport]:
+    """Converts a transformers `ViTModel` or `ViTMAEModel` (as loaded by `AutoModel.from_pretrained`)."""
+    source = model.config
+    if source.model_type not in ("vit", "vit_mae"):
+        raise CheckpointConversionError(f"expected a ViT or ViTMAE model, got model_type {source.model_type!r}")
+    report = ConversionReport(source_layout=f"transformers {type(model).__name__}")
+    converted = {}
+    for key, tensor in model.state_dict().items():
+        reason = _dropped_reason("transformers", key)
+        if reason is not None:
+            report.dropped.setdefault(reason, []).append(key)
+            continue
+        converted[key] = tensor.detach().clone()
+        report.converted[key] = (key,)
+    patch_size = source.patch_size if isinstance(source.patch_size, int) else source.patch_size[0]
+    side = _square_grid_side(converted["embeddings.position_embeddings"].shape[1], "embeddings.position_embeddings")
+    config = Mask3DConfig(
+        image_size=side * patch_size,
+        patch_size=patch_size,
+        num_channels=source.num_channels,
+        hidden_size=source.hidden_size,
+        num_hidden_layers=source.num_hidden_layers,
+        num_attention_heads=source.num_attention_heads,
+        intermediate_size=source.intermediate_size,
+        hidden_act=source.hidden_act,
+        qkv_bias=source.qkv_bias,
+        layer_norm_eps=source.layer_norm_eps,
+        # ViTMAE's table is fixed sin-cos; ViT's is learned.
+        trainable_position_embeddings=source.model_type == "vit",
+    )
+    return config, converted, report
+
+
+def check_against_model(state_dict: Mapping[str, torch.Tensor], model: Mask3DModel, report: ConversionReport) -> None:
+    """Raises, naming the keys, unless `state_dict` has exactly the model's keys and shapes."""
+    expected = model.state_dict()
+    report.missing = sorted(set(expected) - set(state_dict))
+    report.unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = [
+        f"{key}: checkpoint {tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(state_dict))
+        if state_dict[key].shape != expected[key].shape
+    ]
+    problems = [
+        f"{what} {keys}"
+        for what, keys in (("missing keys", report.missing), ("unexpected keys", report.unexpected),
+                           ("shape mismatches", mismatched))
+        if keys
+    ]
+    if problems:
+        raise CheckpointConversionError("The converted weights do not fit Mask3DModel: " + "; ".join(problems))
+
+
+def build_encoder(
+    config: Mask3DConfig,
+    state_dict: dict[str, torch.Tensor],
+    report: ConversionReport,
+    image_size: tuple[int, int] | None = None,
+) -> Mask3DModel:
+    """A `Mask3DModel` loaded strictly with the converted weights, its position table resized to `image_size`
+    `(height, width)` if given."""
+    if image_size is not None and list(image_size) != config.image_size:
+        from_grid = config.grid_size
+        config = replace(config, image_size=list(image_size))  # re-validated against the patch size
+        table = state_dict["embeddings.position_embeddings"]
+        patch_table = resize_position_table(table[:, 1:], from_grid, config.grid_size)
+        state_dict["embeddings.position_embeddings"] = torch.cat([table[:, :1], patch_table], dim=1)
+        report.notes.append(
+            f"position table resized bicubically from the {from_grid[0]}x{from_grid[1]} grid to "
+            f"{config.grid_size[0]}x{config.grid_size[1]} (image_size {config.image_size})"
+        )
+    model = Mask3DModel(config)
+    check_against_model(state_dict, model, report)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+__all__ = ["ConversionReport", "build_encoder", "convert_timm_state_dict", "convert_transformers_vit"]
