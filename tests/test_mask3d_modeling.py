@@ -303,6 +303,14 @@ def test_save_and_reload_is_exact(model_class, fusion, tmp_path):
     reloaded, info = model_class.from_pretrained(tmp_path, output_loading_info=True)
     assert all(not keys for keys in info.values()), info
     assert_same_weights(reloaded, original)
+    # The fixed sin-cos table stays fixed after loading: it never gets a gradient.
+    pixel_values, depth, _, _ = rgbd_batch()
+    if model_class is Mask3DForDepthPretraining:
+        reloaded(pixel_values, depth).loss.backward()
+    else:
+        reloaded(pixel_values)[0][0].sum().backward()
+    embeddings = reloaded.vit.embeddings if model_class is not Mask3DModel else reloaded.embeddings
+    assert embeddings.position_embeddings.grad is None and embeddings.cls_token.grad is not None
     assert type(AutoConfig.from_pretrained(tmp_path)) is Mask3DConfig
     if model_class is Mask3DForDepthPretraining:
         reloaded = AutoModelForPreTraining.from_pretrained(tmp_path).eval()

@@ -209,6 +209,7 @@ class Mask3DEmbeddings(nn.Module):
         super().__init__()
         self.grid_size = config.grid_size
         self.patch_size = config.patch_size
+        self.trainable_position_embeddings = config.trainable_position_embeddings
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.patch_embeddings = ViTMAEPatchEmbeddings(config)
         self.position_embeddings = nn.Parameter(
@@ -220,12 +221,14 @@ class Mask3DEmbeddings(nn.Module):
         """`pixel_values` `(batch, num_channels, height, width)` to `(batch, 1 + K, hidden_size)`: the CLS token, then
         the patches at `ids_keep` `(batch, K)` (all patches if `None`)."""
         grid = patch_grid(*pixel_values.shape[-2:], self.patch_size, "pixel_values")
+        # Detached unless trainable: transformers 5 loads every float parameter with requires_grad=True, so the flag
+        # set in __init__ does not survive from_pretrained; without a gradient, optimizers leave the table alone.
+        table = self.position_embeddings if self.trainable_position_embeddings else self.position_embeddings.detach()
         embeddings = self.patch_embeddings(pixel_values)  # (batch, h * w, hidden)
-        patch_positions = resize_position_table(self.position_embeddings[:, 1:], self.grid_size, grid)
-        embeddings = embeddings + patch_positions.to(embeddings.dtype)
+        embeddings = embeddings + resize_position_table(table[:, 1:], self.grid_size, grid).to(embeddings.dtype)
         if ids_keep is not None:
             embeddings = gather_tokens(embeddings, ids_keep)
-        cls_tokens = (self.cls_token + self.position_embeddings[:, :1]).expand(embeddings.shape[0], -1, -1)
+        cls_tokens = (self.cls_token + table[:, :1]).expand(embeddings.shape[0], -1, -1)
         return torch.cat([cls_tokens.to(embeddings.dtype), embeddings], dim=1)
 
 

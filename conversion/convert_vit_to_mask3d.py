@@ -1,0 +1,115 @@
+"""Convert a ViT checkpoint into the RGB encoder of Mask3D (`Mask3DModel`), to initialise Mask3D pretraining from it.
+
+    python conversion/convert_vit_to_mask3d.py --source mae_pretrain_vit_base.pth --output_dir mae-vit-base-mask3d \
+        --image_size 240 320
+    python conversion/convert_vit_to_mask3d.py --source facebook/vit-mae-base --output_dir vit-mae-base-mask3d
+    python conversion/convert_vit_to_mask3d.py --source google/vit-base-patch16-224 --output_dir vit-base-mask3d
+
+`--source` is either a checkpoint file in timm's layout (timm ViTs, the original MAE release; `.pth`, `.bin` or
+`.safetensors`, read with `weights_only=True`) or a transformers ViT / ViTMAE folder or Hub id (loaded with
+`AutoModel.from_pretrained`). The key mapping lives in `geomim_hf.models.mask3d.conversion_mask3d`; loading is strict
+and the report lists every converted and dropped key. `--image_size H W` resizes the position table once to another
+grid (ScanNet's 240x320, say); without it the source's square size is kept and other sizes are interpolated on the fly.
+The output folder gets `model.safetensors`, `config.json`, `preprocessor_config.json` and a model card. Then:
+
+    accelerate launch examples/pretrain_mask3d.py --model_name_or_path mae-vit-base-mask3d --root SCANNET ...
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from huggingface_hub import create_repo, upload_folder
+from transformers import AutoImageProcessor, AutoModel, ViTImageProcessor
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from geomim_hf.models.geomim.conversion_geomim import load_checkpoint_file, unwrap_state_dict
+from geomim_hf.models.mask3d.conversion_mask3d import build_encoder, convert_timm_state_dict, convert_transformers_vit
+
+MODEL_CARD = """---
+library_name: geomim_hf
+tags:
+- mask3d-rgbd-vit
+- vision-transformer
+- geomim_hf
+pipeline_tag: image-feature-extraction
+---
+
+# ViT encoder converted to `Mask3DModel` (not Mask3D-pretrained)
+
+The RGB encoder of `geomim_hf`'s Mask3D RGB-D ViT (the 2D ViT of Hou et al., CVPR 2023; not the point-cloud Mask3D),
+initialised from `{source}` by `conversion/convert_vit_to_mask3d.py`. It has not been through Mask3D pretraining, and no
+results are claimed for it; it is a starting point for `examples/pretrain_mask3d.py --model_name_or_path <this folder>`.
+
+## Conversion record
+
+```text
+{report}
+```
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True,
+                        help="timm-layout checkpoint file, or transformers ViT / ViTMAE folder or Hub id")
+    parser.add_argument("--output_dir", type=Path, required=True, help="folder to write the converted encoder into")
+    parser.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                        help="resize the position table to this input size (default: keep the source's)")
+    parser.add_argument("--num_attention_heads", type=int,
+                        help="heads per layer of a timm-layout source (default: hidden size / 64)")
+    parser.add_argument("--layer_norm_eps", type=float, default=1e-6,
+                        help="layer norm epsilon of a timm-layout source (default: 1e-6, timm's and MAE's)")
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the output folder to this Hub repo")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    args = parser.parse_args(argv)
+    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
+        parser.error(f"--output_dir {args.output_dir} is not empty; pass --overwrite to write into it")
+    return args
+
+
+def convert(args: argparse.Namespace):
+    """The converted encoder, its report, and the image normalisation of the source."""
+    source = Path(args.source)
+    if source.is_file():
+        state_dict = unwrap_state_dict(load_checkpoint_file(source))
+        config, converted, report = convert_timm_state_dict(state_dict, args.num_attention_heads, args.layer_norm_eps)
+        normalisation = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        report.notes.append("normalisation: ImageNet mean / std assumed (a timm file does not record it)")
+    else:
+        model = AutoModel.from_pretrained(args.source)
+        config, converted, report = convert_transformers_vit(model)
+        try:
+            processor = AutoImageProcessor.from_pretrained(args.source)
+            normalisation = processor.image_mean, processor.image_std
+        except OSError:
+            normalisation = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+            report.notes.append("normalisation: the source has no image processor; ImageNet mean / std assumed")
+    encoder = build_encoder(config, converted, report, tuple(args.image_size) if args.image_size else None)
+    return encoder, report, normalisation
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        encoder, report, (image_mean, image_std) = convert(args)
+    except (ValueError, FileNotFoundError) as error:  # CheckpointConversionError and bad sizes are ValueErrors
+        sys.exit(f"error: cannot convert {args.source}: {error}")
+    print(report.format())
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(args.output_dir)
+    height, width = encoder.config.image_size
+    ViTImageProcessor(size={"height": height, "width": width}, image_mean=list(image_mean),
+                      image_std=list(image_std)).save_pretrained(args.output_dir)
+    (args.output_dir / "README.md").write_text(MODEL_CARD.format(source=args.source, report=report.format()))
+    print(f"Wrote {args.output_dir}: model.safetensors, config.json, preprocessor_config.json, README.md")
+    if args.push_to_hub:
+        create_repo(args.push_to_hub, exist_ok=True)
+        upload_folder(repo_id=args.push_to_hub, folder_path=args.output_dir,
+                      commit_message=f"Add {args.source} converted to Mask3DModel")
+        print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
+
+
+if __name__ == "__main__":
+    main()
