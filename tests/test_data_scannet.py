@@ -10,7 +10,7 @@ from PIL import Image
 
 from geomim_hf.data.errors import DataError
 from geomim_hf.data.scannet import load_scannet
-from geomim_hf.data.scannet_format import COLOR_SENSOR_SIZE, detect_layout, frame_name
+from geomim_hf.data.scannet_format import COLOR_SENSOR_SIZE, LABEL_FOLDERS, detect_layout, frame_name
 from geomim_hf.data.synthetic.scannet_writer import COLOR_INTRINSICS, DEPTH_INTRINSICS
 
 
@@ -53,3 +53,15 @@ def test_bad_frames_are_named_or_left_out(scannet_root, tmp_path):
     with pytest.raises(DataError, match=f"scene0000_00/{frame_name(layout, 200)}: .*truncated JPEG"):
         list(load_scannet(root))
     assert [f["frame_index"] for f in load_scannet(root, on_error="skip")] == [0]
+
+
+def test_scans_without_label_folders_load_by_default(scannet_root, tmp_path):
+    root = tmp_path / "scannet"
+    shutil.copytree(scannet_root, root)
+    layout = detect_layout(root / "scene0000_00")
+    shutil.rmtree(root / "scene0000_00" / LABEL_FOLDERS[layout])  # an RGB-D-only export of the .sens file
+    frames = list(load_scannet(root))
+    assert len(frames) == 3 and all(f["semantic_label"] is None and f["label_space"] == "" for f in frames)
+    assert next(iter(load_scannet(root, split="val")))["semantic_label"].size == (320, 240)  # labels where present
+    with pytest.raises(DataError, match=f"scene0000_00/{frame_name(layout, 0)}: .*file not found"):
+        list(load_scannet(root, with_labels=True))

@@ -65,14 +65,16 @@ def load_scannet(
     split: str = "train",
     streaming: bool = True,
     layout: str | None = None,
-    with_labels: bool = True,
+    with_labels: bool | None = None,
     on_error: OnError = "raise",
     cache_dir: str | Path | None = None,
 ) -> datasets.IterableDataset | datasets.Dataset:
     """The frames of the scans listed in ``<root>/scannetv2_<split>.txt``.
 
-    ``layout`` ("frames_25k" or "exported") is detected from the first scan when not given; ``with_labels=False``
-    leaves ``semantic_label`` empty (test scans have none).
+    ``layout`` ("frames_25k" or "exported") is detected from the first scan when not given. ``with_labels``: by
+    default (None) each scan gives labels if it has a label folder and none otherwise (test scans, and the bare RGB-D
+    export of ``.sens`` files, which pretraining needs); True requires them (a missing label is an error naming the
+    file); False leaves ``semantic_label`` empty everywhere.
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -110,7 +112,7 @@ def _frame_indices(scan_dir: Path) -> list[int]:
 
 
 def generate_frames(
-    scans: list[str], root: str, layout: str, depth_size: tuple[int, int], with_labels: bool, on_error: OnError
+    scans: list[str], root: str, layout: str, depth_size: tuple[int, int], with_labels: bool | None, on_error: OnError
 ) -> Iterator[dict]:
     """The frames of ``scans`` in frame order (the generator behind :func:`load_scannet`)."""
     counter = BadSampleCounter(on_error)
@@ -122,10 +124,11 @@ def generate_frames(
         except DataError as error:
             counter.handle(error)
             continue
+        scan_has_labels = with_labels if with_labels is not None else (scan_dir / LABEL_FOLDERS[layout]).is_dir()
         for frame_index in _frame_indices(scan_dir):
             try:
                 example = _frame_example(scan, scan_dir, layout, frame_index, color_intrinsics, depth_intrinsics,
-                                         depth_size, with_labels)
+                                         depth_size, scan_has_labels)
             except DataError as error:
                 counter.handle(error)
                 continue
