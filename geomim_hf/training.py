@@ -26,6 +26,8 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from torch import nn
 
+from .hub import fill_template, upload_folder_to_hub, write_model_card
+
 logger = get_logger(__name__)
 
 CHECKPOINT_NAME = re.compile(r"^(step|epoch)_(\d+)$")
@@ -285,27 +287,6 @@ def save_metrics(output_dir: Path, metrics: Mapping[str, object], accelerator: A
     return path
 
 
-PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-
-
-def fill_template(template: str, fields: Mapping[str, object]) -> str:
-    """Replaces every ``{{ name }}`` in ``template`` with ``fields[name]``; a placeholder without a value, or a value
-    without a placeholder, is an error (a card must never ship with a hole or silently drop a measured number)."""
-    wanted = set(PLACEHOLDER.findall(template))
-    missing, unused = wanted - set(fields), set(fields) - wanted
-    if missing or unused:
-        raise ValueError(f"model card template: no value for {sorted(missing)}; no placeholder for {sorted(unused)}")
-    return PLACEHOLDER.sub(lambda match: str(fields[match.group(1)]), template)
-
-
-def write_model_card(output_dir: Path, template: str | Path, fields: Mapping[str, object]) -> Path:
-    """Writes ``OUTPUT_DIR/README.md`` from a template (text or a file of ``model_cards/``) and its fields."""
-    text = Path(template).read_text() if isinstance(template, Path) else template
-    path = Path(output_dir) / "README.md"
-    path.write_text(fill_template(text, fields))
-    return path
-
-
 def command_line() -> str:
     """The command that started this process, as a user would type it again."""
     return " ".join(shlex.quote(part) for part in [Path(sys.executable).name, *sys.argv])
@@ -316,17 +297,8 @@ def push_output_dir(args: argparse.Namespace, output_dir: Path, commit_message: 
     card, never the intermediate ``step_N`` / ``epoch_N`` states or tracker logs. Returns the commit URL."""
     if not args.push_to_hub:
         return None
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=args.hub_token)
-    api.create_repo(args.hub_model_id, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=args.hub_model_id,
-        folder_path=str(output_dir),
-        commit_message=commit_message,
-        ignore_patterns=["step_*", "epoch_*", "runs/*", "*/events.out.tfevents*", "*.tmp"],
-    )
-    return str(commit)
+    return upload_folder_to_hub(args.hub_model_id, output_dir, commit_message, token=args.hub_token,
+                                ignore_patterns=["step_*", "epoch_*", "runs/*", "*/events.out.tfevents*", "*.tmp"])
 
 
 def iterate_batches(loader: Iterable, skip: int) -> Iterable:
