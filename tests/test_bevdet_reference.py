@@ -32,6 +32,7 @@ from bevdet_reference import (
     create_frustum,
     get_lidar_coor,
     swin_from_state_dict,
+    view_transform,
     voxel_pooling,
 )
 from mmdet_swin_reference import SwinBlock
@@ -183,6 +184,39 @@ def test_front_camera_extrinsics_and_bev_augmentation():
                                rtol=1e-5, atol=1e-4)
 
 
+def test_view_transform_splats_a_one_hot_depth_where_the_rays_land():
+    """depth_net with zero weights: depth logits one-hot at 10 m, context a constant vector. Every pixel then adds the
+    vector once to the cell its 10 m point falls in: counted here pixel by pixel in plain Python."""
+    bins, channels, focal, cx, cy, height = 59, 3, 50.0, 90.0, 30.0, 1.0
+    bias = torch.zeros(bins + channels)
+    bias[9] = 100.0  # d = 10 m
+    context = torch.tensor([1.0, -2.0, 0.5])
+    bias[bins:] = context
+    reader = StateReader({"img_view_transformer.depth_net.weight": torch.zeros(bins + channels, 7, 1, 1),
+                          "img_view_transformer.depth_net.bias": bias})
+    sensor2ego = torch.eye(4)
+    sensor2ego[:3, :3] = CAMERA_TO_EGO_AXES
+    sensor2ego[2, 3] = height
+    bev, depth = view_transform(reader, torch.randn(1, 1, 7, 4, 12), sensor2ego.view(1, 1, 4, 4),
+                                pinhole(focal, cx, cy).view(1, 1, 3, 3), torch.eye(3).view(1, 1, 3, 3),
+                                torch.zeros(1, 1, 3), torch.eye(3).view(1, 3, 3), SMALL)
+    assert torch.allclose(depth[0, 0, 9], torch.ones(4, 12)) and depth.shape == (1, 1, 59, 4, 12)
+
+    expected = torch.zeros(1, channels, 32, 32)
+    truncated_rows = 0
+    for row in range(4):
+        for column in range(12):
+            u, v, d = column * 191.0 / 11.0, row * 63.0 / 3.0, 10.0
+            x, y, z = d, -(u - cx) * d / focal, -(v - cy) * d / focal + height  # optical axis = ego +x
+            cell = [int((value - lower) / step) for value, lower, step in ((x, -51.2, 3.2), (y, -51.2, 3.2),
+                                                                             (z, -5.0, 8.0))]
+            if 0 <= cell[0] < 32 and 0 <= cell[1] < 32 and cell[2] == 0:
+                expected[0, :, cell[1], cell[0]] += context
+                truncated_rows += z < -5.0
+    assert truncated_rows == 12  # the bottom row is 0.6 m below the grid: pooled only through `.long()` truncation
+    torch.testing.assert_close(bev, expected, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Shifted-window Swin (baseline) against transformers
 
@@ -298,6 +332,9 @@ def test_baseline_swin_shifts_windows():
     shifted = bevdet_forward(state_dict, **inputs, shifted_windows=True, settings=SMALL)
     plain = bevdet_forward(state_dict, **inputs, shifted_windows=False, settings=SMALL)
     assert spec.shifted_windows and (shifted.tasks[0]["heatmap"] - plain.tasks[0]["heatmap"]).abs().max() > 1e-2
+    swin = swin_from_state_dict(StateReader(state_dict), shifted_windows=True)
+    assert swin.absolute_pos_embed is None
+    assert [[block.attn.shift for block in stage.blocks] for stage in swin.stages] == [[0, 2], [0, 2], [0, 2], [0, 1]]
 
 
 def test_reference_is_strict(temporal_state_dict):
