@@ -8,6 +8,7 @@ Importing the package registers its models and image processor with the transfor
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
 
 from .data.image_processing_geomim import GeoMIMImageProcessor
+from .models.bevdet import GeoMIMBEVDetectionConfig, GeoMIMBEVDetectionOutput, GeoMIMForBEVDetection
 from .models.geomim import GeoMIMBackbone, GeoMIMConfig, GeoMIMModel, GeoMIMModelOutput, GeoMIMPreTrainedModel
 from .models.mask3d import (
     Mask3DBackbone,
@@ -23,14 +24,20 @@ AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig)
 AutoModel.register(GeoMIMConfig, GeoMIMModel)
 AutoBackbone.register(GeoMIMConfig, GeoMIMBackbone)
 AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
+AutoConfig.register(GeoMIMBEVDetectionConfig.model_type, GeoMIMBEVDetectionConfig)
+AutoModel.register(GeoMIMBEVDetectionConfig, GeoMIMForBEVDetection)
+AutoImageProcessor.register(GeoMIMBEVDetectionConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
 AutoConfig.register(Mask3DConfig.model_type, Mask3DConfig)
 AutoModel.register(Mask3DConfig, Mask3DModel)
 AutoModelForPreTraining.register(Mask3DConfig, Mask3DForDepthPretraining)
 AutoBackbone.register(Mask3DConfig, Mask3DBackbone)
 
 __all__ = [
+    "GeoMIMBEVDetectionConfig",
+    "GeoMIMBEVDetectionOutput",
     "GeoMIMBackbone",
     "GeoMIMConfig",
+    "GeoMIMForBEVDetection",
     "GeoMIMImageProcessor",
     "GeoMIMModel",
     "GeoMIMModelOutput",
