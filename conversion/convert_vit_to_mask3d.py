@@ -19,10 +19,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from huggingface_hub import create_repo, upload_folder
 from transformers import AutoImageProcessor, AutoModel, ViTImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from geomim_hf.hub import file_sha256, upload_folder_to_hub
 from geomim_hf.models.geomim.conversion_geomim import load_checkpoint_file, unwrap_state_dict
 from geomim_hf.models.mask3d.conversion_mask3d import build_encoder, convert_timm_state_dict, convert_transformers_vit
 
@@ -75,6 +75,7 @@ def convert(args: argparse.Namespace):
         state_dict = unwrap_state_dict(load_checkpoint_file(source))
         config, converted, report = convert_timm_state_dict(state_dict, args.num_attention_heads, args.layer_norm_eps)
         normalisation = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        report.notes.append(f"source file SHA-256 {file_sha256(source)}")
         report.notes.append("normalisation: ImageNet mean / std assumed (a timm file does not record it)")
     else:
         model = AutoModel.from_pretrained(args.source)
@@ -105,9 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.output_dir / "README.md").write_text(MODEL_CARD.format(source=args.source, report=report.format()))
     print(f"Wrote {args.output_dir}: model.safetensors, config.json, preprocessor_config.json, README.md")
     if args.push_to_hub:
-        create_repo(args.push_to_hub, exist_ok=True)
-        upload_folder(repo_id=args.push_to_hub, folder_path=args.output_dir,
-                      commit_message=f"Add {args.source} converted to Mask3DModel")
+        upload_folder_to_hub(args.push_to_hub, args.output_dir, f"Add {args.source} converted to Mask3DModel")
         print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
 
 

@@ -42,10 +42,14 @@ def timm_vit() -> VisionTransformer:
     return perturb_(VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=7))
 
 
-def test_timm_vit_converts_exactly(timm_vit, tmp_path):
+def test_timm_vit_converts_exactly(timm_vit, tmp_path, monkeypatch):
     torch.save(timm_vit.state_dict(), tmp_path / "vit.pth")
-    load_script().main(["--source", str(tmp_path / "vit.pth"), "--output_dir", str(tmp_path / "out"),
-                        "--num_attention_heads", "2"])
+    script = load_script()
+    uploads = []
+    monkeypatch.setattr(script, "upload_folder_to_hub", lambda repo_id, folder, message: uploads.append(repo_id))
+    script.main(["--source", str(tmp_path / "vit.pth"), "--output_dir", str(tmp_path / "out"),
+                 "--num_attention_heads", "2", "--push_to_hub", "someone/vit-mask3d"])
+    assert uploads == ["someone/vit-mask3d"]
     encoder = Mask3DModel.from_pretrained(tmp_path / "out").eval()
     pixel_values = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ import torch
 from torch.nn import functional as F
 from transformers import ViTImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from .nuscenes import split_by_node
+from .scannet import load_scannet, scans_of_split
 
 IGNORE_INDEX = 255
 # The ScanNet 2D semantic segmentation benchmark: 20 NYU40 classes, benchmark ids 1..20 in this order. Models predict
@@ -66,14 +70,16 @@ def resize_nearest(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
 
 @dataclasses.dataclass
 class ScanNetRGBDCollator:
-    """Batches ScanNet frames into ``pixel_values`` (B, 3, H, W), ``depth_values`` (B, H, W) metres (0 = invalid)
-    and, with ``labels=True``, ``labels`` (B, H, W): benchmark label indices 0..19, IGNORE_INDEX elsewhere.
+    """Batches ScanNet frames into ``pixel_values`` (B, 3, H, W), with ``depth=True`` ``depth_values`` (B, H, W)
+    metres (0 = invalid) and, with ``labels=True``, ``labels`` (B, H, W): benchmark label indices 0..19, IGNORE_INDEX
+    elsewhere.
 
     Frames of the exported layout carry ScanNet ids; their labels need ``scannet_to_nyu40`` (see
     :func:`read_scannet_to_nyu40`). A frame without labels in a labelled batch is an error naming it.
     """
 
     image_processor: ViTImageProcessor
+    depth: bool = True
     labels: bool = False
     scannet_to_nyu40: np.ndarray | None = None
 
@@ -97,12 +103,66 @@ class ScanNetRGBDCollator:
         return resize_nearest(labels, self.size).long()
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = {
-            "pixel_values": self.image_processor([example["image"] for example in examples],
-                                                 return_tensors="pt")["pixel_values"],
-            "depth_values": torch.stack([resize_nearest(np.asarray(example["depth"], dtype=np.float32), self.size)
-                                         for example in examples]),
-        }
+        batch = {"pixel_values": self.image_processor([example["image"] for example in examples],
+                                                      return_tensors="pt")["pixel_values"]}
+        if self.depth:
+            batch["depth_values"] = torch.stack([resize_nearest(np.asarray(example["depth"], dtype=np.float32),
+                                                                self.size) for example in examples])
         if self.labels:
             batch["labels"] = torch.stack([self.benchmark_labels(example) for example in examples])
         return batch
+
+
+def scannet_frame_count(root: str | Path, split: str) -> int:
+    """Frames of a split, counted from the colour files of its scans (an upper bound: the loader leaves out frames
+    with invalid poses). Streaming datasets have no length; this sets the length of a training epoch."""
+    root = Path(root)
+    return sum(len(list((root / scan / "color").glob("*.jpg"))) for scan in scans_of_split(root, split))
+
+
+def scannet_rgbd_loader(
+    root: str | Path,
+    split: str,
+    collator: ScanNetRGBDCollator,
+    batch_size: int,
+    *,
+    layout: str | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle_seed: int | None = None,
+    shuffle_buffer: int = 256,
+    max_samples: int | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader streaming this process's part of a ScanNet split (whole scans per process, see
+    ``split_by_node``), shuffled in a buffer when ``shuffle_seed`` is given (call ``loader.dataset.set_epoch`` every
+    epoch), limited to the split's first ``max_samples`` frames; ``drop_last`` as in ``DataLoader`` (training: a
+    batch of one frame breaks batch norms such as UperNet's)."""
+    dataset = load_scannet(root, split=split, layout=layout)
+    if max_samples is not None:
+        dataset = dataset.take(max_samples)
+    if world_size > 1:
+        dataset = split_by_node(dataset, rank, world_size)
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(seed=shuffle_seed, buffer_size=shuffle_buffer)
+    # Its own generator: every new iterator draws a worker seed, which must not come from the global RNG that the
+    # masks use, or a run resumed mid-epoch would draw other masks than the uninterrupted run.
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator, num_workers=num_workers,
+                                       drop_last=drop_last, generator=torch.Generator().manual_seed(0))
+
+
+def fixed_length(loader: Iterable, num_batches: int) -> Iterator:
+    """Exactly ``num_batches`` batches of ``loader``, starting it again if it runs out first. Streamed splits give
+    processes different numbers of frames; equal step counts keep distributed training in step."""
+    produced = 0
+    while produced < num_batches:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+            produced += 1
+            if produced == num_batches:
+                return
+        if empty:
+            raise ValueError("the data loader gives no batch on this process")

@@ -12,7 +12,7 @@ MASK3D_PRESETS: dict[str, dict] = {
     "base": {},
     "tiny": dict(
         image_size=(96, 128),
-        patch_size=8,
+        patch_size=16,
         hidden_size=96,
         num_hidden_layers=4,
         num_attention_heads=3,

@@ -9,7 +9,8 @@ The baseline fills every pixel of a frame with that frame's mean valid depth: a 
 scale, which is the part of the depth a model gets from the visible depth patches for free.
 
 Segmentation metrics follow the `evaluate` library's `mean_iou`: per-class IoU and accuracy from the confusion of all
-pixels that are not ignored, NaN for classes absent from both prediction and ground truth, and their NaN-means.
+pixels that are not ignored, and their means over the classes that count (`evaluate` gives NaN, here None, for a
+class absent from both prediction and ground truth).
 """
 
 from __future__ import annotations
@@ -80,17 +81,18 @@ class DepthMetrics:
 def evaluate_depth(model, batches, accelerator=None, seed: int = 0, figure_path: str | Path | None = None,
                    image_mean=None, image_std=None, figure_frames: int = 4) -> dict[str, float]:
     """Depth metrics of a [`Mask3DForDepthPretraining`] on `batches` (dicts with `pixel_values` and `depth_values`),
-    with masks drawn from `seed`; with `accelerator`, frames of all processes are combined. On the main process,
-    `figure_path` gets a picture of the first frames (see [`save_reconstruction_figure`])."""
+    with masks drawn from `seed`; with `accelerator`, frames of all processes are combined. Pass the unwrapped model:
+    processes may hold different numbers of frames, so no DDP hook may run. On the main process, `figure_path` gets a
+    picture of the first frames (see [`save_reconstruction_figure`])."""
     model.eval()
-    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     metrics = DepthMetrics()
     figure_batch = None
     for batch in batches:
-        pixel_values, depth_values = batch["pixel_values"], batch["depth_values"]
-        num_patches = (pixel_values.shape[-2] // unwrapped.config.patch_size) * (
-            pixel_values.shape[-1] // unwrapped.config.patch_size)
+        pixel_values, depth_values = batch["pixel_values"].to(device), batch["depth_values"].to(device)
+        num_patches = (pixel_values.shape[-2] // model.config.patch_size) * (
+            pixel_values.shape[-1] // model.config.patch_size)
         noise = [torch.rand(pixel_values.shape[0], num_patches, generator=generator).to(pixel_values.device)
                  for _ in range(2)]
         outputs = model(pixel_values=pixel_values, depth_values=depth_values, rgb_noise=noise[0], depth_noise=noise[1])
@@ -107,7 +109,7 @@ def evaluate_depth(model, batches, accelerator=None, seed: int = 0, figure_path:
         frames = int(accelerator.reduce(torch.tensor(frames, device=accelerator.device), reduction="sum"))
     is_main = accelerator is None or accelerator.is_main_process
     if figure_path is not None and figure_batch is not None and is_main:
-        save_reconstruction_figure(figure_path, figure_batch, unwrapped.config.patch_size, image_mean, image_std)
+        save_reconstruction_figure(figure_path, figure_batch, model.config.patch_size, image_mean, image_std)
     return metrics.compute(sums, frames)
 
 
@@ -176,24 +178,51 @@ class SegmentationMetrics:
         intersection = confusion.diag()
         label_area, prediction_area = confusion.sum(1), confusion.sum(0)
         union = label_area + prediction_area - intersection
-        iou = (intersection / union).tolist()  # NaN where the class is in neither
-        accuracy = (intersection / label_area).tolist()
+        iou = (intersection / union).numpy()  # NaN where the class is in neither
+        accuracy = (intersection / label_area).numpy()
         names = class_names or [str(index) for index in range(self.num_classes)]
+
+        def nan_mean(values: np.ndarray) -> float | None:
+            return None if np.isnan(values).all() else float(np.nanmean(values))
+
+        def per_class(values: np.ndarray) -> dict:  # None (JSON null) for classes that do not count
+            return {name: None if np.isnan(value) else float(value) for name, value in zip(names, values)}
+
         return {
-            "mean_iou": float(np.nanmean(iou)) if not np.all(np.isnan(iou)) else float("nan"),
-            "mean_accuracy": float(np.nanmean(accuracy)) if not np.all(np.isnan(accuracy)) else float("nan"),
+            "mean_iou": nan_mean(iou),
+            "mean_accuracy": nan_mean(accuracy),
             "overall_accuracy": float(intersection.sum() / confusion.sum().clamp(min=1)),
-            "per_category_iou": dict(zip(names, iou)),
-            "per_category_accuracy": dict(zip(names, accuracy)),
+            "per_category_iou": per_class(iou),
+            "per_category_accuracy": per_class(accuracy),
         }
+
+
+@torch.no_grad()
+def evaluate_segmentation(model, batches, num_classes: int, ignore_index: int, accelerator=None,
+                          class_names=None) -> dict:
+    """`evaluate`-style mean IoU of a semantic segmentation model (logits at the label size) on `batches` (dicts with
+    `pixel_values` and `labels`); with `accelerator`, the confusion matrices of all processes are summed. Pass the
+    unwrapped model (see [`evaluate_depth`])."""
+    model.eval()
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    metrics = SegmentationMetrics(num_classes, ignore_index)
+    for batch in batches:
+        logits = model(pixel_values=batch["pixel_values"].to(device)).logits
+        metrics.update(logits.argmax(1).cpu(), batch["labels"])
+    confusion = metrics.confusion
+    if accelerator is not None:
+        confusion = accelerator.reduce(confusion.to(accelerator.device), reduction="sum").cpu()
+    return metrics.compute(confusion, class_names)
 
 
 def format_iou_table(metrics: dict) -> str:
     """The per-class IoU and accuracy as a text table, then the means."""
+    def percent(value: float | None) -> str:
+        return f"{'-':>7}" if value is None else f"{value * 100:7.2f}"
+
     lines = [f"{'class':<16} {'IoU':>7} {'acc':>7}"]
     for name, iou in metrics["per_category_iou"].items():
-        accuracy = metrics["per_category_accuracy"][name]
-        lines.append(f"{name:<16} {iou * 100:7.2f} {accuracy * 100:7.2f}")
-    lines.append(f"{'mean':<16} {metrics['mean_iou'] * 100:7.2f} {metrics['mean_accuracy'] * 100:7.2f}")
-    lines.append(f"overall accuracy {metrics['overall_accuracy'] * 100:.2f}")
+        lines.append(f"{name:<16} {percent(iou)} {percent(metrics['per_category_accuracy'][name])}")
+    lines.append(f"{'mean':<16} {percent(metrics['mean_iou'])} {percent(metrics['mean_accuracy'])}")
+    lines.append(f"overall accuracy {metrics['overall_accuracy'] * 100:.2f} (-: class in neither prediction nor labels)")
     return "\n".join(lines)

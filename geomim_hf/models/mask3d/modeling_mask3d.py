@@ -394,7 +394,7 @@ class Mask3DModel(Mask3DPreTrainedModel):
 
         >>> model = Mask3DModel(Mask3DConfig.from_preset("tiny"))
         >>> model(torch.randn(1, 3, 96, 128)).last_hidden_state.shape
-        torch.Size([1, 193, 96])
+        torch.Size([1, 49, 96])
 
         ```
         """
@@ -551,7 +551,7 @@ class Mask3DForDepthPretraining(Mask3DPreTrainedModel):
         >>> model = Mask3DForDepthPretraining(Mask3DConfig.from_preset("tiny"))
         >>> outputs = model(torch.randn(2, 3, 96, 128), torch.rand(2, 96, 128) * 5)
         >>> outputs.predicted_depth.shape, outputs.rgb_mask.shape
-        (torch.Size([2, 96, 128]), torch.Size([2, 192]))
+        (torch.Size([2, 96, 128]), torch.Size([2, 48]))
 
         ```
         """
