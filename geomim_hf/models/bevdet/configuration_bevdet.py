@@ -61,7 +61,9 @@ class GeoMIMBEVDetectionConfig(PreTrainedConfig):
             Class names per CenterPoint task, concatenating to the label order of the model (one task of the ten
             nuScenes classes by default; `SIX_TASKS` is CenterPoint's split).
         head_channels (`int`, *optional*, defaults to 64):
-            Channels of the head's shared conv and of every separate head's hidden conv.
+            Channels of the head's shared conv (`share_conv_channel`).
+        task_head_channels (`int`, *optional*, defaults to 64):
+            Channels of every separate head's hidden conv (`head_conv`).
         head_final_kernel (`int`, *optional*, defaults to 3):
             Kernel of the separate heads' convolutions.
         heatmap_init_bias (`float`, *optional*, defaults to -2.19):
@@ -114,6 +116,7 @@ class GeoMIMBEVDetectionConfig(PreTrainedConfig):
     bev_neck_channels: int = 256
     tasks: list[list[str]] | tuple[tuple[str, ...], ...] = (DETECTION_CLASSES,)
     head_channels: int = 64
+    task_head_channels: int = 64
     head_final_kernel: int = 3
     heatmap_init_bias: float = -2.19
     gaussian_overlap: float = 0.1

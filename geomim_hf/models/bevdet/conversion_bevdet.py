@@ -180,6 +180,7 @@ def infer_detector_config(
         bev_neck_channels=_shape(state_dict, "bev_neck.up_projection.weight")[0],
         tasks=tasks,
         head_channels=_shape(state_dict, "head.shared_conv.conv.weight")[0],
+        task_head_channels=head_weight[1],
         head_final_kernel=head_weight[-1],
         **decoding,
         **preset,
@@ -187,18 +188,20 @@ def infer_detector_config(
 
 
 def convert_detector_state_dict(
-    checkpoint: Mapping[str, object], preset: str = "bevdet4d-swinb-256x704",
+    checkpoint: Mapping[str, object], preset: str | Mapping[str, object] = "bevdet4d-swinb-256x704",
     check_encoder: Callable | None = None,
 ) -> tuple[GeoMIMBEVDetectionConfig, dict[str, torch.Tensor], DetectorConversionReport]:
     """Converts a released BEVDet / BEVDet4D checkpoint (any container: `state_dict`, EMA files, raw) to the keys and
-    config of [`GeoMIMForBEVDetection`].
+    config of [`GeoMIMForBEVDetection`]. `preset` names one of `DETECTOR_PRESETS` or gives such settings directly.
 
     The encoder's window shift follows the encoder converter's rule: GeoMIM's encoder (with an absolute position
     embedding) never shifts, the ImageNet baseline's `SwinTransformerOri` (without one) does. `check_encoder` is
     called with the encoder's config before anything else is converted (the script checks the Swin size there).
     """
-    if preset not in DETECTOR_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {sorted(DETECTOR_PRESETS)}")
+    if isinstance(preset, str):
+        if preset not in DETECTOR_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {sorted(DETECTOR_PRESETS)}")
+        preset = DETECTOR_PRESETS[preset]
     state_dict = unwrap_state_dict(checkpoint)
     if not any(key.startswith(HEAD_PREFIX) for key in state_dict) or not any(
             key.startswith(ENCODER_PREFIX) for key in state_dict):
@@ -213,12 +216,13 @@ def convert_detector_state_dict(
     detector_state = map_detector_keys(
         {key: value for key, value in state_dict.items() if not key.startswith(ENCODER_PREFIX)}, report)
     converted = {f"geomim.{key}": value for key, value in encoder_state.items()} | detector_state
-    config = infer_detector_config(converted, encoder_config, DETECTOR_PRESETS[preset])
+    config = infer_detector_config(converted, encoder_config, preset)
     return config, converted, report
 
 
 def convert_detector_checkpoint(
-    checkpoint: Mapping[str, object], preset: str = "bevdet4d-swinb-256x704", check_encoder: Callable | None = None,
+    checkpoint: Mapping[str, object], preset: str | Mapping[str, object] = "bevdet4d-swinb-256x704",
+    check_encoder: Callable | None = None,
 ) -> tuple[GeoMIMForBEVDetection, DetectorConversionReport]:
     """Converts a detector checkpoint (see [`convert_detector_state_dict`]) and loads it strictly."""
     config, state_dict, report = convert_detector_state_dict(checkpoint, preset, check_encoder)
