@@ -52,6 +52,7 @@ NUSCENES_FEATURES = datasets.Features({
     "gt_names": datasets.List(datasets.Value("string")),
     "gt_attributes": datasets.List(datasets.Value("string")),
     "gt_num_lidar_pts": datasets.List(datasets.Value("int32")),
+    "gt_num_radar_pts": datasets.List(datasets.Value("int32")),
     "gt_instance_tokens": datasets.List(datasets.Value("string")),
 })
 
@@ -129,6 +130,7 @@ def load_nuscenes(
     previous_frames: int = 0,
     on_error: OnError = "raise",
     cache_dir: str | Path | None = None,
+    decode_images: bool = True,
 ) -> datasets.IterableDataset | datasets.Dataset:
     """One example per key-frame sample of ``split``; see the module docstring for the fields.
 
@@ -139,6 +141,9 @@ def load_nuscenes(
             ``"skip"`` logs a warning, counts, and leaves the sample out.
         streaming: an ``IterableDataset`` that reads as it goes (one shard per scene); otherwise a ``Dataset``
             written to an Arrow cache in ``cache_dir`` (images stay paths into the dataroot).
+        decode_images: give images as PIL images (decoded at full size by ``datasets``); ``False`` gives
+            ``{"path", "bytes"}`` dicts that :class:`~geomim_hf.data.GeoMIMImageProcessor` decodes itself, at the
+            reduced JPEG scale its resize allows (what the training scripts use).
     """
     if num_sweeps < 1:
         raise ValueError(f"num_sweeps must be at least 1 (the key frame), got {num_sweeps}")
@@ -148,6 +153,10 @@ def load_nuscenes(
     dataroot = str(Path(dataroot).resolve())
     scenes = scenes_of_split(dataroot, version, split)
     features = datasets.Features({**NUSCENES_FEATURES, **(PREVIOUS_FRAME_FEATURES if previous_frames else {})})
+    if not decode_images:
+        features["images"] = datasets.List(datasets.Image(decode=False))
+        if previous_frames:
+            features["previous_images"] = datasets.List(datasets.List(datasets.Image(decode=False)))
     # The scene list is the only list in gen_kwargs, so datasets makes one shard per scene.
     gen_kwargs = {"scenes": scenes, "dataroot": dataroot, "version": version, "num_sweeps": num_sweeps,
                   "previous_frames": previous_frames, "on_error": on_error}
@@ -241,7 +250,7 @@ def sample_example(nusc, sample: dict, num_sweeps: int) -> dict:
     xyz = cloud.points[:3].T @ lidar_to_ego[:3, :3].T + lidar_to_ego[:3, 3]
     points = np.concatenate([xyz, cloud.points[3:4].T, time_lag.T], axis=1).astype(np.float32)
 
-    boxes, names, attributes, num_points, instances = [], [], [], [], []
+    boxes, names, attributes, num_points, num_radar_points, instances = [], [], [], [], [], []
     ego_rotation_inverse = Quaternion(pose["rotation"]).inverse
     for box in nusc.get_boxes(lidar_record["token"]):
         name = CATEGORY_TO_DETECTION_CLASS.get(box.name)
@@ -257,6 +266,7 @@ def sample_example(nusc, sample: dict, num_sweeps: int) -> dict:
         names.append(name)
         attributes.append(attribute_names[0] if attribute_names else "")
         num_points.append(annotation["num_lidar_pts"])
+        num_radar_points.append(annotation["num_radar_pts"])
         instances.append(annotation["instance_token"])
 
     return {
@@ -274,6 +284,7 @@ def sample_example(nusc, sample: dict, num_sweeps: int) -> dict:
         "gt_names": names,
         "gt_attributes": attributes,
         "gt_num_lidar_pts": num_points,
+        "gt_num_radar_pts": num_radar_points,
         "gt_instance_tokens": instances,
     }
 
