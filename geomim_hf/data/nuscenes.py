@@ -121,6 +121,19 @@ def scenes_of_split(dataroot: str | Path, version: str, split: str) -> list[str]
     return scenes
 
 
+def split_sample_tokens(dataroot: str | Path, version: str, split: str) -> list[str]:
+    """Tokens of every key-frame sample of ``split``, scene by scene in time order (the order the loader yields)."""
+    nusc = nuscenes_database(str(Path(dataroot).resolve()), version)
+    scene_by_name = {scene["name"]: scene for scene in nusc.scene}
+    tokens = []
+    for name in scenes_of_split(str(Path(dataroot).resolve()), version, split):
+        token = scene_by_name[name]["first_sample_token"]
+        while token:
+            tokens.append(token)
+            token = nusc.get("sample", token)["next"]
+    return tokens
+
+
 def load_nuscenes(
     dataroot: str | Path,
     version: str = "v1.0-trainval",

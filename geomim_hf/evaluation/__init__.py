@@ -1,0 +1,5 @@
+"""Evaluation with the official benchmarks: nuScenes detection through the devkit's ``DetectionEval``."""
+
+from .nuscenes_detection import NuScenesDetectionEvaluator, SubmissionError, default_attribute
+
+__all__ = ["NuScenesDetectionEvaluator", "SubmissionError", "default_attribute"]
