@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import torch
@@ -78,6 +79,9 @@ class NuScenesCollator:
         drop_boxes_without_points: leave boxes that no LiDAR or radar point hits out of the targets, as BEVDet's
             info files do (``valid_flag``).
         generator: source of the random augmentation.
+        seed: instead of ``generator``, draw each batch's augmentation from a generator seeded by this and the
+            batch's sample tokens: reproducible whatever process or DataLoader worker collates the batch (workers
+            get copies of the collator, so a shared generator would repeat the same draws in each of them).
     """
 
     processor: GeoMIMImageProcessor
@@ -88,6 +92,7 @@ class NuScenesCollator:
     previous_frames: int = 0
     drop_boxes_without_points: bool = True
     generator: torch.Generator | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.previous_frames not in (0, 1):
@@ -97,8 +102,12 @@ class NuScenesCollator:
         if self.previous_frames and "previous_images" not in examples[0]:
             raise ValueError("previous_frames=1 needs examples from load_nuscenes(..., previous_frames=1)")
         intrinsics = np.stack([example["camera_intrinsics"] for example in examples])
+        generator = self.generator
+        if self.seed is not None:
+            digest = hashlib.sha256(f"{self.seed}/{[example['sample_token'] for example in examples]}".encode())
+            generator = torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little"))
         augmentations = self.processor.sample_augmentations(len(examples), intrinsics.shape[1], self.augment,
-                                                            self.generator)
+                                                            generator)
         boxes, labels = zip(*(self.targets(example) for example in examples))
         batch = self.processor(
             [example["images"] for example in examples],

@@ -53,6 +53,17 @@ def default_attribute(name: str, velocity: Sequence[float]) -> str:
     return defaults.get(name, "")
 
 
+def boxes_to_global(boxes: np.ndarray, ego_to_global: np.ndarray) -> list[tuple[np.ndarray, Quaternion, np.ndarray]]:
+    """Centre (3,), orientation (devkit `Quaternion`) and velocity (2,) in the global frame of ego-frame boxes (K, 9)
+    `(x, y, z, w, l, h, yaw, vx, vy)`, given the ego pose (4, 4)."""
+    rotation, translation = ego_to_global[:3, :3], ego_to_global[:3, 3]
+    ego_rotation = Quaternion(matrix=rotation, rtol=1e-6, atol=1e-6)
+    return [(rotation @ box[:3] + translation,
+             ego_rotation * Quaternion(axis=(0.0, 0.0, 1.0), angle=float(box[6])),
+             rotation[:2, :2] @ box[7:9])  # the pose's yaw; its roll and pitch are ~0 on nuScenes
+            for box in np.asarray(boxes, dtype=np.float64)]
+
+
 class NuScenesDetectionEvaluator:
     """Collects predictions for the samples of a split and scores them with the official devkit.
 
@@ -120,16 +131,13 @@ class NuScenesDetectionEvaluator:
     def global_boxes(self, sample_token: str, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                      ego_to_global: np.ndarray) -> list[dict]:
         """The submission entries of one sample: boxes moved from the ego frame to the global frame."""
-        rotation, translation = ego_to_global[:3, :3], ego_to_global[:3, 3]
-        ego_rotation = Quaternion(matrix=rotation, rtol=1e-6, atol=1e-6)
         entries = []
-        for box, score, label in zip(boxes, scores, labels):
+        for (centre, orientation, velocity), box, score, label in zip(
+                boxes_to_global(boxes, ego_to_global), boxes, scores, labels):
             name = self.class_names[label]
-            velocity = rotation[:2, :2] @ box[7:9]  # the pose's yaw; its roll and pitch are ~0 on nuScenes
-            orientation = ego_rotation * Quaternion(axis=(0.0, 0.0, 1.0), angle=float(box[6]))
             entries.append({
                 "sample_token": sample_token,
-                "translation": (rotation @ box[:3] + translation).tolist(),
+                "translation": centre.tolist(),
                 "size": box[3:6].tolist(),
                 "rotation": orientation.elements.tolist(),
                 "velocity": velocity.tolist(),
@@ -174,6 +182,65 @@ class NuScenesDetectionEvaluator:
         return metrics
 
 
+# The batch keys GeoMIMForBEVDetection takes.
+MODEL_INPUTS = ("pixel_values", "camera_intrinsics", "camera_to_ego", "post_rot", "post_tran", "bev_augmentation",
+                "previous_pixel_values", "previous_camera_to_ego", "gt_boxes", "gt_labels", "depth_targets")
+
+
+def model_inputs(batch: Mapping, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The model's inputs of a collated batch, on `device`."""
+    return {key: value.to(device) for key, value in batch.items() if key in MODEL_INPUTS and torch.is_tensor(value)}
+
+
+@torch.no_grad()
+def evaluate_detector(model, processor, dataroot: str | Path, version: str, split: str, output_dir: str | Path, *,
+                      batch_size: int = 1, num_workers: int = 0, accelerator=None) -> dict[str, float]:
+    """Runs a `GeoMIMForBEVDetection` over every sample of a split and scores it with the devkit (see
+    [`NuScenesDetectionEvaluator.evaluate`]); writes `OUTPUT_DIR/results_nusc.json`.
+
+    With an `accelerate.Accelerator`, every process predicts its own scenes and the main process scores all of them
+    (the others return an empty dict); inference runs under the accelerator's autocast.
+    """
+    from accelerate.utils import gather_object
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from ..data.collate import NuScenesCollator
+    from ..data.nuscenes import load_nuscenes, scenes_of_split
+
+    rank, world_size = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    detector = accelerator.unwrap_model(model) if accelerator else model
+    device = accelerator.device if accelerator else next(detector.parameters()).device
+    autocast = accelerator.autocast if accelerator else contextlib.nullcontext
+    config = detector.config
+    was_training = model.training
+    model.eval()
+    scenes = scenes_of_split(str(Path(dataroot).resolve()), version, split)[rank::world_size]
+    predictions = []
+    if scenes:
+        dataset = load_nuscenes(dataroot, version, split, num_sweeps=1, previous_frames=config.num_previous_frames,
+                                decode_images=False, scenes=scenes)
+        collate = NuScenesCollator(processor, augment=False, depth_downsample=None,
+                                   previous_frames=config.num_previous_frames)
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
+        for batch in tqdm(loader, desc=f"evaluating on {split}", disable=rank != 0):
+            with autocast():
+                detections = detector.post_process(model(**model_inputs(batch, device)))
+            for index, detection in enumerate(detections):
+                predictions.append((batch["sample_tokens"][index],
+                                    {key: value.float().cpu() for key, value in detection.items()},
+                                    batch["ego_to_global"][index]))
+    if accelerator is not None:
+        predictions = gather_object(predictions)
+    model.train(was_training)
+    if rank != 0:
+        return {}
+    evaluator = NuScenesDetectionEvaluator(dataroot, version, split, config.class_names)
+    for token, detection, ego_to_global in predictions:
+        evaluator.add(token, detection["boxes"], detection["scores"], detection["labels"], ego_to_global)
+    return evaluator.evaluate(output_dir)
+
+
 def format_metrics(metrics: Mapping[str, float]) -> str:
     """A table of the devkit's metrics, as `nuscenes/eval/detection/evaluate.py` prints them."""
     lines = [f"mAP: {metrics['mAP']:.4f}", *(f"{short}: {metrics[short]:.4f}" for short in TP_ERRORS.values()),
@@ -182,4 +249,5 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["NuScenesDetectionEvaluator", "SubmissionError", "default_attribute", "format_metrics"]
+__all__ = ["MODEL_INPUTS", "NuScenesDetectionEvaluator", "boxes_to_global", "SubmissionError", "default_attribute", "evaluate_detector",
+           "format_metrics", "model_inputs"]
