@@ -9,16 +9,28 @@ from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 
 from .data.image_processing_geomim import GeoMIMImageProcessor
 from .models.geomim import GeoMIMBackbone, GeoMIMConfig, GeoMIMModel, GeoMIMModelOutput, GeoMIMPreTrainedModel
+from .models.lidar_teacher import (
+    GeoMIMLidarTeacher,
+    GeoMIMLidarTeacherConfig,
+    GeoMIMLidarTeacherOutput,
+    GeoMIMLidarTeacherPreTrainedModel,
+)
 
 AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig)
 AutoModel.register(GeoMIMConfig, GeoMIMModel)
 AutoBackbone.register(GeoMIMConfig, GeoMIMBackbone)
 AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
+AutoConfig.register(GeoMIMLidarTeacherConfig.model_type, GeoMIMLidarTeacherConfig)
+AutoModel.register(GeoMIMLidarTeacherConfig, GeoMIMLidarTeacher)
 
 __all__ = [
     "GeoMIMBackbone",
     "GeoMIMConfig",
     "GeoMIMImageProcessor",
+    "GeoMIMLidarTeacher",
+    "GeoMIMLidarTeacherConfig",
+    "GeoMIMLidarTeacherOutput",
+    "GeoMIMLidarTeacherPreTrainedModel",
     "GeoMIMModel",
     "GeoMIMModelOutput",
     "GeoMIMPreTrainedModel",
