@@ -2,9 +2,10 @@
 
 - `voxelize_loop`: hard voxelisation as bevfusion's `hard_voxelize` kernels do it, one point at a time;
 - `bevfusion_state_dict`: random SparseEncoder weights under bevfusion's key names, in spconv 1.x kernel layout;
-- `dense_sparse_encoder`: the same sparse network computed with dense `F.conv3d` on the whole grid, where a
+- `DenseSparseEncoder`: the same sparse network computed with dense `F.conv3d` on the whole grid, where a
   submanifold convolution is a dense convolution masked to its input sites, and a strided sparse convolution a dense
-  one whose output sites are those with any active input in their receptive field.
+  one whose output sites are those with any active input in their receptive field;
+- `dense_reference_bev`: both together, from points to the BEV map.
 """
 
 from __future__ import annotations
@@ -141,3 +142,16 @@ class DenseSparseEncoder:
         x, active = self._layer(x, active, "conv_out.0", "conv_out.1", stride=(1, 1, 2), padding=0, submanifold=False)
         batch, channels, x_cells, y_cells, z_slices = x.shape
         return x.permute(0, 1, 4, 2, 3).reshape(batch, channels * z_slices, x_cells, y_cells)
+
+
+def dense_reference_bev(state: dict[str, torch.Tensor], config, points: torch.Tensor) -> torch.Tensor:
+    """(B, P, C) points -> (B, C_out * Z, X, Y) float64 BEV map by `voxelize_loop` and `DenseSparseEncoder`, with the
+    grid and limits of ``config`` and the weights of ``state`` (bevfusion names, spconv 1.x kernels)."""
+    features, coordinates = [], []
+    for index, sample in enumerate(points):
+        sample_features, cells, _ = voxelize_loop(sample.numpy(), config.point_cloud_range, config.voxel_size,
+                                                  config.grid_size, config.max_num_points, config.max_voxels)
+        features.append(torch.from_numpy(sample_features))
+        coordinates.append(torch.cat([torch.full((len(cells), 1), index), torch.from_numpy(cells)], dim=1))
+    encoder = DenseSparseEncoder(state, config.encoder_paddings, eps=config.batch_norm_eps)
+    return encoder(torch.cat(features), torch.cat(coordinates), config.sparse_shape, batch_size=len(points))

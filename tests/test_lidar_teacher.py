@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sparse_encoder_reference import DenseSparseEncoder, bevfusion_state_dict, voxelize_loop
+from sparse_encoder_reference import bevfusion_state_dict, dense_reference_bev, voxelize_loop
 from transformers import AutoConfig, AutoModel
 
 from geomim_hf import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
@@ -104,7 +104,6 @@ def test_sparse_encoder_matches_a_dense_conv3d_evaluation(tiny_checkpoint_state)
     """The converted teacher and a dense evaluation of the original network, on two samples, with the caller running
     two torch threads (spconv's CPU kernels are only right with one: the teacher must switch and switch back)."""
     teacher, _ = convert_lidar_teacher_checkpoint(tiny_checkpoint_state, **TINY_GRID)
-    config = teacher.config
     generator = np.random.default_rng(1)
     points = torch.from_numpy(np.stack([random_points(generator, 2500), random_points(generator, 2500)]))
 
@@ -117,15 +116,7 @@ def test_sparse_encoder_matches_a_dense_conv3d_evaluation(tiny_checkpoint_state)
     finally:
         torch.set_num_threads(previous)
 
-    features, coordinates = [], []
-    for index in range(2):  # the reference's own voxelisation
-        sample_features, cells, _ = voxelize_loop(points[index].numpy(), config.point_cloud_range, config.voxel_size,
-                                                  config.grid_size, config.max_num_points, config.max_voxels)
-        features.append(torch.from_numpy(sample_features))
-        coordinates.append(torch.cat([torch.full((len(cells), 1), index), torch.from_numpy(cells)], dim=1))
-    reference = DenseSparseEncoder(tiny_checkpoint_state, config.encoder_paddings)(
-        torch.cat(features), torch.cat(coordinates), config.sparse_shape, batch_size=2)
-
+    reference = dense_reference_bev(tiny_checkpoint_state, teacher.config, points)  # its own voxelisation too
     assert outputs.bev_features.shape == reference.shape == (2, 12, 4, 3)
     assert (reference != 0).float().mean() > 0.3  # ReLU leaves about half of the active outputs non-zero
     torch.testing.assert_close(outputs.bev_features.double(), reference, rtol=1e-4, atol=1e-5)

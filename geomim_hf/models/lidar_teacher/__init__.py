@@ -7,6 +7,7 @@ from .modeling_lidar_teacher import (
     GeoMIMLidarTeacherOutput,
     GeoMIMLidarTeacherPreTrainedModel,
     hard_voxelize,
+    random_lidar_teacher,
 )
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "GeoMIMLidarTeacherOutput",
     "GeoMIMLidarTeacherPreTrainedModel",
     "hard_voxelize",
+    "random_lidar_teacher",
 ]

@@ -17,6 +17,7 @@ the sparse part runs single-threaded and the caller's thread count is restored a
 """
 
 import contextlib
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -362,4 +363,24 @@ class GeoMIMLidarTeacher(GeoMIMLidarTeacherPreTrainedModel):
         )
 
 
-__all__ = ["GeoMIMLidarTeacher", "GeoMIMLidarTeacherOutput", "GeoMIMLidarTeacherPreTrainedModel", "hard_voxelize"]
+def random_lidar_teacher(config: GeoMIMLidarTeacherConfig, seed: int) -> GeoMIMLidarTeacher:
+    """A teacher with random weights drawn from ``seed`` (the seed is recorded in its config), in eval mode, leaving
+    the global random state untouched.
+
+    For data without a trained LiDAR detector (the synthetic sets): untrained, the SparseEncoder's features still
+    encode the occupied geometry (option (b) of the project's pretraining notes). Say so wherever it is used.
+    """
+    config = copy.deepcopy(config)
+    config.initializer_seed = seed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GeoMIMLidarTeacher(config).eval()
+
+
+__all__ = [
+    "GeoMIMLidarTeacher",
+    "GeoMIMLidarTeacherOutput",
+    "GeoMIMLidarTeacherPreTrainedModel",
+    "hard_voxelize",
+    "random_lidar_teacher",
+]
