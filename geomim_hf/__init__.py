@@ -14,6 +14,7 @@ from .models.lidar_teacher import (
     GeoMIMLidarTeacherConfig,
     GeoMIMLidarTeacherOutput,
     GeoMIMLidarTeacherPreTrainedModel,
+    TeacherTargetCache,
 )
 
 AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig)
@@ -34,4 +35,5 @@ __all__ = [
     "GeoMIMModel",
     "GeoMIMModelOutput",
     "GeoMIMPreTrainedModel",
+    "TeacherTargetCache",
 ]

@@ -9,12 +9,16 @@ from .modeling_lidar_teacher import (
     hard_voxelize,
     random_lidar_teacher,
 )
+from .target_cache import MissingTargetError, TeacherMismatchError, TeacherTargetCache
 
 __all__ = [
     "GeoMIMLidarTeacher",
     "GeoMIMLidarTeacherConfig",
     "GeoMIMLidarTeacherOutput",
     "GeoMIMLidarTeacherPreTrainedModel",
+    "MissingTargetError",
+    "TeacherMismatchError",
+    "TeacherTargetCache",
     "hard_voxelize",
     "random_lidar_teacher",
 ]

@@ -339,20 +339,20 @@ class GeoMIMLidarTeacher(GeoMIMLidarTeacherPreTrainedModel):
         """
         spconv = import_spconv()
         device = points.device
+        batch_size = points.shape[0]
+        channels, x_cells, y_cells = self.config.bev_shape
         # The original runs the teacher in fp32 (force_fp32); spconv's CPU kernels have no half precision anyway.
-        with torch.autocast(device_type=device.type, enabled=False):
+        # The voxeliser's small tensor ops gain nothing from more CPU threads either, so all of it runs in one.
+        with torch.autocast(device_type=device.type, enabled=False), spconv_threads(device):
             voxels = self.voxelize(points, points_mask)
-            batch_size = points.shape[0]
-            channels, x_cells, y_cells = self.config.bev_shape
             if len(voxels.features) == 0:
                 bev = points.new_zeros(batch_size, channels, x_cells, y_cells, dtype=torch.float32)
             else:
-                with spconv_threads(device):
-                    hidden_states = spconv.SparseConvTensor(
-                        voxels.features, voxels.coordinates, self.config.sparse_shape, batch_size
-                    )
-                    hidden_states = self.conv_out(self.encoder(self.conv_input(hidden_states)))
-                    dense = hidden_states.dense()  # (B, C, X, Y, Z)
+                hidden_states = spconv.SparseConvTensor(
+                    voxels.features, voxels.coordinates, self.config.sparse_shape, batch_size
+                )
+                hidden_states = self.conv_out(self.encoder(self.conv_input(hidden_states)))
+                dense = hidden_states.dense()  # (B, C, X, Y, Z)
                 # (B, C, X, Y, Z) -> (B, C, Z, X, Y) -> (B, C * Z, X, Y): channel c * Z + z, as bevfusion.
                 bev = dense.permute(0, 1, 4, 2, 3).reshape(batch_size, channels, x_cells, y_cells)
         return GeoMIMLidarTeacherOutput(
