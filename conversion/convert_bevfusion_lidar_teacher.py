@@ -43,7 +43,7 @@ uses it should say so.
 
 | | |
 |---|---|
-| Voxels | {voxel_size} m over {point_cloud_range} m (LiDAR frame), {max_num_points} points per voxel, {max_voxels} voxels |
+| Voxels | {voxel_size} m over {point_cloud_range} m (LiDAR frame); {max_num_points} points, {max_voxels} voxels max |
 | Channels | base {base_channels}, encoder {encoder_channels}, output {output_channels} |
 | BEV map | {bev_shape} (channels, X, Y) |
 

@@ -107,7 +107,7 @@ class MixMIMBlock(nn.Module):
 
 
 class MixMIMEncoder(nn.Module):
-    """MixMIM's encoder, named as `models_mixmim.py` names it, with timm's (< 0.9) PatchMerging at the end of a stage."""
+    """MixMIM's encoder, named as `models_mixmim.py` names it, with timm's (< 0.9) merging ending each stage."""
 
     def __init__(self, embed_dim=8, depths=(2, 2, 2, 2), heads=(1, 2, 2, 4), windows=(4, 4, 4, 2), grid=16):
         super().__init__()

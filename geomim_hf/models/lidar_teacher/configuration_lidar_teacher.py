@@ -42,10 +42,12 @@ class GeoMIMLidarTeacherConfig(PreTrainedConfig):
             the teacher's voxeliser in eval mode, so the test value of bevfusion's (120000, 160000) applies.
         base_channels (`int`, *optional*, defaults to 16):
             Channels of the input submanifold convolution.
-        encoder_channels (`list[list[int]]`, *optional*, defaults to `[[16, 16, 32], [32, 32, 64], [64, 64, 128], [128, 128]]`):
+        encoder_channels (`list[list[int]]`, *optional*):
+            Defaults to `[[16, 16, 32], [32, 32, 64], [64, 64, 128], [128, 128]]`.
             Per stage: one entry per residual block (submanifold, channels unchanged), and, in every stage but the
             last, a final entry for the stride-2 sparse convolution that ends it (bevfusion's `basicblock` layout).
-        encoder_paddings (`list[list[int | list[int]]]`, *optional*, defaults to `[[0, 0, 1], [0, 0, 1], [0, 0, [1, 1, 0]], [0, 0]]`):
+        encoder_paddings (`list[list[int | list[int]]]`, *optional*):
+            Defaults to `[[0, 0, 1], [0, 0, 1], [0, 0, [1, 1, 0]], [0, 0]]`.
             Same nesting as `encoder_channels`, as in the original config. Only the entries of the stride-2
             convolutions are used; residual blocks always pad by 1.
         output_channels (`int`, *optional*, defaults to 128):

@@ -153,7 +153,8 @@ def infer_channels(converted: Mapping[str, torch.Tensor]) -> dict:
             else:
                 stage["downsample"] = True
     if sorted(stages) != list(range(len(stages))) or not stages:
-        raise CheckpointConversionError(f"The encoder stages are not numbered 1..n: found {sorted(s + 1 for s in stages)}")
+        found = sorted(stage + 1 for stage in stages)
+        raise CheckpointConversionError(f"The encoder stages are not numbered 1..n: found {found}")
     encoder_channels = []
     for index in range(len(stages)):
         blocks = sorted(stages[index]["blocks"])

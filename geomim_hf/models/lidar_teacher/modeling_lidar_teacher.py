@@ -314,7 +314,9 @@ class GeoMIMLidarTeacher(GeoMIMLidarTeacherPreTrainedModel):
         """Hard voxels of a batch (B, P, C) in float32; see [`hard_voxelize_sample`]."""
         return hard_voxelize(points.float(), self.check_inputs(points, points_mask), self.config)
 
-    def forward(self, points: torch.Tensor, points_mask: torch.Tensor | None = None, **kwargs) -> GeoMIMLidarTeacherOutput:
+    def forward(
+        self, points: torch.Tensor, points_mask: torch.Tensor | None = None, **kwargs
+    ) -> GeoMIMLidarTeacherOutput:
         r"""
         Args:
             points (`torch.FloatTensor` of shape `(batch_size, num_points, in_channels)`):
@@ -329,7 +331,8 @@ class GeoMIMLidarTeacher(GeoMIMLidarTeacherPreTrainedModel):
         >>> from geomim_hf import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
 
         >>> teacher = GeoMIMLidarTeacher(GeoMIMLidarTeacherConfig.small_grid()).eval()
-        >>> points = torch.rand(1, 2000, 5) * torch.tensor([80.0, 80.0, 6.0, 255.0, 0.5]) - torch.tensor([40.0, 40.0, 4.0, 0.0, 0.0])
+        >>> scale, offset = torch.tensor([80.0, 80.0, 6.0, 255.0, 0.5]), torch.tensor([40.0, 40.0, 4.0, 0.0, 0.0])
+        >>> points = torch.rand(1, 2000, 5) * scale - offset  # x, y, z, intensity, time lag
         >>> with torch.no_grad():
         ...     bev = teacher(points).bev_features
         >>> tuple(bev.shape)

@@ -79,8 +79,9 @@ def flip_of(lidar_augmentation: torch.Tensor) -> str:
     linear = matrix[:3, :3]
     translation = matrix[:3, 3] if matrix.shape == (4, 4) else torch.zeros(3, dtype=torch.float64)
     signs = torch.diagonal(linear)
-    if not (torch.allclose(linear, torch.diag(signs)) and torch.allclose(signs.abs(), torch.ones(3, dtype=torch.float64))
-            and signs[2] > 0 and torch.allclose(translation, torch.zeros(3, dtype=torch.float64))):
+    ones, zeros = torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    if not (torch.allclose(linear, torch.diag(signs)) and torch.allclose(signs.abs(), ones) and signs[2] > 0
+            and torch.allclose(translation, zeros)):
         raise ValueError(f"cached teacher targets exist only for BEV flips (diag(+-1, +-1, 1)); this batch's "
                          f"lidar_augmentation is\n{matrix}\nrun the live teacher for other augmentations")
     flip = (bool(signs[0] < 0), bool(signs[1] < 0))
@@ -271,7 +272,8 @@ class TeacherTargetCache:
             dataset = self.manifest["dataset"]
             raise MissingTargetError(
                 f"sample {token} is not in the teacher target cache {self.cache_dir} ({len(self)} samples of split "
-                f"{dataset.get('split')!r} of {dataset.get('version')!r}); precompute targets for the split you train on"
+                f"{dataset.get('split')!r} of {dataset.get('version')!r}); precompute targets for the split you "
+                "train on"
             )
         if flip not in self.flips:
             raise MissingTargetError(
