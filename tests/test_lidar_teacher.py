@@ -138,6 +138,10 @@ def test_save_and_reload_is_bitwise_identical(tmp_path):
     with torch.no_grad():
         after = reloaded(points).bev_features
     assert before.abs().sum() > 0 and torch.equal(before, after)
+    half = AutoModel.from_pretrained(tmp_path, dtype=torch.bfloat16)  # the teacher stays in fp32, as the original
+    assert {parameter.dtype for parameter in half.parameters()} == {torch.float32}
+    with torch.no_grad():
+        assert torch.equal(half(points).bev_features, before)
 
 
 def test_random_initialisation_is_he_scaled_and_seeded():

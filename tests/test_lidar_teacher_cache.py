@@ -112,8 +112,8 @@ def test_existing_folders_are_replaced_only_when_asked(nuscenes_root, nuscenes_s
     with pytest.raises(SystemExit, match="already holds a teacher target cache; pass --overwrite"):
         run_script(nuscenes_root, nuscenes_spec, teacher_dir, cache)
     assert (cache / "manifest.json").read_text() == before
-    run_script(nuscenes_root, nuscenes_spec, teacher_dir, cache, "--overwrite")
-    assert json.loads((cache / "manifest.json").read_text())["flips"] == ["none", "x", "y", "xy"]
+    run_script(nuscenes_root, nuscenes_spec, teacher_dir, cache, "--flips", "none", "--num_sweeps", "1", "--overwrite")
+    assert json.loads((cache / "manifest.json").read_text())["dataset"]["num_sweeps"] == 1
     assert [path.name for path in tmp_path.iterdir()] == ["cache"]  # no staging folder left behind
 
     other = tmp_path / "user_folder"

@@ -270,6 +270,8 @@ class GeoMIMLidarTeacherPreTrainedModel(PreTrainedModel):
     main_input_name = "points"
     input_modalities = ("lidar",)
     _no_split_modules = ["GeoMIMSparseEncoder"]
+    # The original runs the teacher in fp32 (force_fp32): loading with a half dtype keeps it there.
+    _keep_in_fp32_modules_strict = ["conv_input", "encoder", "conv_out"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
