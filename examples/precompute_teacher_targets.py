@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         raise
     progress.close()
     print(f"Wrote {len(writer.token_shards)} samples x {len(flips)} flips of shape {tuple(writer.shape)} (float16) "
-          f"in {writer.num_shards} shards to {cache}")
+          f"in {writer.num_shards} shard(s) to {cache}")
 
 
 if __name__ == "__main__":
