@@ -10,6 +10,13 @@ from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 from .data.image_processing_geomim import GeoMIMImageProcessor
 from .models.bevdet import GeoMIMBEVDetectionConfig, GeoMIMBEVDetectionOutput, GeoMIMForBEVDetection
 from .models.geomim import GeoMIMBackbone, GeoMIMConfig, GeoMIMModel, GeoMIMModelOutput, GeoMIMPreTrainedModel
+from .models.lidar_teacher import (
+    GeoMIMLidarTeacher,
+    GeoMIMLidarTeacherConfig,
+    GeoMIMLidarTeacherOutput,
+    GeoMIMLidarTeacherPreTrainedModel,
+    TeacherTargetCache,
+)
 
 AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig)
 AutoModel.register(GeoMIMConfig, GeoMIMModel)
@@ -18,6 +25,8 @@ AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIM
 AutoConfig.register(GeoMIMBEVDetectionConfig.model_type, GeoMIMBEVDetectionConfig)
 AutoModel.register(GeoMIMBEVDetectionConfig, GeoMIMForBEVDetection)
 AutoImageProcessor.register(GeoMIMBEVDetectionConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
+AutoConfig.register(GeoMIMLidarTeacherConfig.model_type, GeoMIMLidarTeacherConfig)
+AutoModel.register(GeoMIMLidarTeacherConfig, GeoMIMLidarTeacher)
 
 __all__ = [
     "GeoMIMBEVDetectionConfig",
@@ -26,7 +35,12 @@ __all__ = [
     "GeoMIMConfig",
     "GeoMIMForBEVDetection",
     "GeoMIMImageProcessor",
+    "GeoMIMLidarTeacher",
+    "GeoMIMLidarTeacherConfig",
+    "GeoMIMLidarTeacherOutput",
+    "GeoMIMLidarTeacherPreTrainedModel",
     "GeoMIMModel",
     "GeoMIMModelOutput",
     "GeoMIMPreTrainedModel",
+    "TeacherTargetCache",
 ]
