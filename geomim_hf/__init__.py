@@ -10,6 +10,13 @@ from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 from .data.image_processing_geomim import GeoMIMImageProcessor
 from .models.bevdet import GeoMIMBEVDetectionConfig, GeoMIMBEVDetectionOutput, GeoMIMForBEVDetection
 from .models.geomim import GeoMIMBackbone, GeoMIMConfig, GeoMIMModel, GeoMIMModelOutput, GeoMIMPreTrainedModel
+from .models.lidar_teacher import (
+    GeoMIMLidarTeacher,
+    GeoMIMLidarTeacherConfig,
+    GeoMIMLidarTeacherOutput,
+    GeoMIMLidarTeacherPreTrainedModel,
+    TeacherTargetCache,
+)
 from .models.mask3d import (
     Mask3DBackbone,
     Mask3DConfig,
@@ -27,6 +34,8 @@ AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIM
 AutoConfig.register(GeoMIMBEVDetectionConfig.model_type, GeoMIMBEVDetectionConfig)
 AutoModel.register(GeoMIMBEVDetectionConfig, GeoMIMForBEVDetection)
 AutoImageProcessor.register(GeoMIMBEVDetectionConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
+AutoConfig.register(GeoMIMLidarTeacherConfig.model_type, GeoMIMLidarTeacherConfig)
+AutoModel.register(GeoMIMLidarTeacherConfig, GeoMIMLidarTeacher)
 AutoConfig.register(Mask3DConfig.model_type, Mask3DConfig)
 AutoModel.register(Mask3DConfig, Mask3DModel)
 AutoModelForPreTraining.register(Mask3DConfig, Mask3DForDepthPretraining)
@@ -39,6 +48,10 @@ __all__ = [
     "GeoMIMConfig",
     "GeoMIMForBEVDetection",
     "GeoMIMImageProcessor",
+    "GeoMIMLidarTeacher",
+    "GeoMIMLidarTeacherConfig",
+    "GeoMIMLidarTeacherOutput",
+    "GeoMIMLidarTeacherPreTrainedModel",
     "GeoMIMModel",
     "GeoMIMModelOutput",
     "GeoMIMPreTrainedModel",
@@ -49,4 +62,5 @@ __all__ = [
     "Mask3DModel",
     "Mask3DModelOutput",
     "Mask3DPreTrainedModel",
+    "TeacherTargetCache",
 ]

@@ -57,6 +57,12 @@ class GeoMIMBEVDetectionOutput(ModelOutput):
     depth_probabilities: torch.FloatTensor | None = None
 
 
+# What NuScenesCollator batches hold besides the model's inputs, so that `model(**batch)` works; any other keyword is
+# an error rather than silently ignored (a misspelt input would otherwise change nothing).
+COLLATOR_KEYS_NOT_USED = frozenset({"camera_vector", "points", "points_mask", "sample_tokens", "ego_to_global",
+                                    "previous_valid"})
+
+
 class ConvNormActivation(nn.Sequential):
     """3x3 (or `kernel_size`) convolution without bias, BatchNorm, ReLU: mmcv's `ConvModule` as BEVDet uses it."""
 
@@ -180,14 +186,14 @@ class GeoMIMCenterPointTaskHead(nn.Module):
 
     def __init__(self, config: GeoMIMBEVDetectionConfig, num_classes: int):
         super().__init__()
-        channels = config.head_channels
+        hidden = config.task_head_channels
         kernel = config.head_final_kernel
         self.outputs = nn.ModuleDict()
         for name, out_channels in {**HEAD_OUTPUTS, "heatmap": num_classes}.items():
             final_conv = GeoMIMHeatmapClassifier if name == "heatmap" else nn.Conv2d
             self.outputs[name] = nn.Sequential(
-                ConvNormActivation(channels, channels, kernel),
-                final_conv(channels, out_channels, kernel, padding=kernel // 2),
+                ConvNormActivation(config.head_channels, hidden, kernel),
+                final_conv(hidden, out_channels, kernel, padding=kernel // 2),
             )
 
     def forward(self, hidden_states: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -339,6 +345,9 @@ class GeoMIMForBEVDetection(GeoMIMBEVDetectionPreTrainedModel):
             depth_targets (`torch.FloatTensor` of shape `(batch_size, num_cameras, h, w)`, *optional*):
                 Nearest LiDAR depth per feature pixel (0: none), for `config.depth_loss_weight > 0`.
         """
+        unexpected = sorted(set(kwargs) - COLLATOR_KEYS_NOT_USED)
+        if unexpected:
+            raise TypeError(f"GeoMIMForBEVDetection.forward() got unexpected inputs {unexpected}")
         self.check_inputs(pixel_values, camera_intrinsics, camera_to_ego, post_rot, post_tran, bev_augmentation,
                           previous_pixel_values, previous_camera_to_ego)
         frame_geometry = (camera_intrinsics, camera_to_ego, post_rot, post_tran, bev_augmentation)
