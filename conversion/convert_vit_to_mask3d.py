@@ -22,7 +22,12 @@ from pathlib import Path
 from transformers import AutoImageProcessor, AutoModel, ViTImageProcessor
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from geomim_hf.hub import file_sha256, upload_folder_to_hub
+from geomim_hf.hub import (
+    add_conversion_output_arguments,
+    check_conversion_arguments,
+    file_sha256,
+    upload_folder_to_hub,
+)
 from geomim_hf.models.geomim.conversion_geomim import load_checkpoint_file, unwrap_state_dict
 from geomim_hf.models.mask3d.conversion_mask3d import build_encoder, convert_timm_state_dict, convert_transformers_vit
 
@@ -53,18 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True,
                         help="timm-layout checkpoint file, or transformers ViT / ViTMAE folder or Hub id")
-    parser.add_argument("--output_dir", type=Path, required=True, help="folder to write the converted encoder into")
     parser.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                         help="resize the position table to this input size (default: keep the source's)")
     parser.add_argument("--num_attention_heads", type=int,
                         help="heads per layer of a timm-layout source (default: hidden size / 64)")
     parser.add_argument("--layer_norm_eps", type=float, default=1e-6,
                         help="layer norm epsilon of a timm-layout source (default: 1e-6, timm's and MAE's)")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the output folder to this Hub repo")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    add_conversion_output_arguments(parser, "the converted encoder")
     args = parser.parse_args(argv)
-    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
-        parser.error(f"--output_dir {args.output_dir} is not empty; pass --overwrite to write into it")
+    check_conversion_arguments(parser, args)
     return args
 
 
