@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import UperNetConfig, UperNetForSemanticSegmentation, ViTImageProcessor, get_scheduler
+from transformers import UperNetConfig, UperNetForSemanticSegmentation, ViTImageProcessor
 
 from geomim_hf import Mask3DBackbone, Mask3DConfig, training
 from geomim_hf.data.scannet_rgbd import (
@@ -31,12 +31,11 @@ from geomim_hf.data.scannet_rgbd import (
     ScanNetRGBDCollator,
     mask3d_image_processor,
     read_scannet_to_nyu40,
-    scannet_frame_count,
     scannet_rgbd_loader,
 )
 from geomim_hf.models.mask3d.configuration_mask3d import MASK3D_PRESETS
 from geomim_hf.models.mask3d.evaluation_mask3d import evaluate_segmentation, format_iou_table
-from geomim_hf.models.mask3d.training_mask3d import batches_per_epoch, train_streaming
+from geomim_hf.models.mask3d.training_mask3d import make_scheduler, plan_training, train_streaming
 
 MODEL_CARD = """---
 library_name: geomim_hf
@@ -153,30 +152,17 @@ def main(argv: list[str] | None = None) -> dict:
                                      IGNORE_INDEX, accelerator, SCANNET20_CLASS_NAMES)
 
     initial = eval_metrics() if args.evaluate_before_training else None
-    train_loader = scannet_rgbd_loader(
-        args.root, args.train_split, collator, args.per_device_train_batch_size, layout=args.layout, rank=rank,
-        world_size=world_size, shuffle_seed=args.seed, shuffle_buffer=args.shuffle_buffer_size,
-        max_samples=args.max_train_samples, num_workers=args.dataloader_num_workers, drop_last=True)
-    frames = scannet_frame_count(args.root, args.train_split)
-    frames = min(frames, args.max_train_samples or frames)
-    num_batches = batches_per_epoch(frames, args.per_device_train_batch_size, world_size,
-                                    args.gradient_accumulation_steps)
-    _, max_train_steps, num_train_epochs = training.training_steps(args, num_batches)
-
+    plan = plan_training(args, collator, accelerator)
     num_layers = backbone.config.num_hidden_layers + 2
     groups = training.parameter_groups(model, args.learning_rate, args.weight_decay,
                                        layer_id=encoder_layer_id(backbone.config.num_hidden_layers),
                                        num_layers=num_layers, layer_decay=args.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
-    # The prepared scheduler steps once per process for every optimiser step (accelerate's convention).
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps * world_size,
-                              num_training_steps=max_train_steps * world_size)
+    scheduler = make_scheduler(args, optimizer, plan, world_size)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    state = training.resume(accelerator, args, num_batches)
-    accelerator.print(f"UperNet + Mask3D backbone: {frames} frames, {num_batches} batches per process and epoch, "
-                      f"{max_train_steps} steps")
-    completed_steps, train_runtime = train_streaming(accelerator, args, model, optimizer, scheduler, train_loader,
-                                                     num_batches, max_train_steps, num_train_epochs, state)
+    accelerator.print(f"UperNet + Mask3D backbone: {plan.frames} frames, {plan.batches_per_epoch} batches per process "
+                      f"and epoch, {plan.max_train_steps} steps")
+    completed_steps, train_runtime = train_streaming(accelerator, args, model, optimizer, scheduler, plan)
 
     metrics = eval_metrics()
     accelerator.print(format_iou_table(metrics))

@@ -30,18 +30,13 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import ViTImageProcessor, get_scheduler
+from transformers import ViTImageProcessor
 
 from geomim_hf import Mask3DConfig, Mask3DForDepthPretraining, training
-from geomim_hf.data.scannet_rgbd import (
-    ScanNetRGBDCollator,
-    mask3d_image_processor,
-    scannet_frame_count,
-    scannet_rgbd_loader,
-)
+from geomim_hf.data.scannet_rgbd import ScanNetRGBDCollator, mask3d_image_processor, scannet_rgbd_loader
 from geomim_hf.models.mask3d.configuration_mask3d import MASK3D_PRESETS
 from geomim_hf.models.mask3d.evaluation_mask3d import evaluate_depth
-from geomim_hf.models.mask3d.training_mask3d import batches_per_epoch, train_streaming
+from geomim_hf.models.mask3d.training_mask3d import make_scheduler, plan_training, train_streaming
 
 MODEL_CARD = Path(__file__).resolve().parent.parent / "model_cards" / "mask3d-rgbd-vit-base.md"
 # Training defaults per preset, chosen by this project (the paper's schedule is not public).
@@ -132,30 +127,16 @@ def main(argv: list[str] | None = None) -> dict:
     collator = ScanNetRGBDCollator(processor)
     rank, world_size = accelerator.process_index, accelerator.num_processes
 
-    train_loader = scannet_rgbd_loader(
-        args.root, args.train_split, collator, args.per_device_train_batch_size, layout=args.layout, rank=rank,
-        world_size=world_size, shuffle_seed=args.seed, shuffle_buffer=args.shuffle_buffer_size,
-        max_samples=args.max_train_samples, num_workers=args.dataloader_num_workers, drop_last=True)
-    frames = scannet_frame_count(args.root, args.train_split)
-    frames = min(frames, args.max_train_samples or frames)
-    num_batches = batches_per_epoch(frames, args.per_device_train_batch_size, world_size,
-                                    args.gradient_accumulation_steps)
-    _, max_train_steps, num_train_epochs = training.training_steps(args, num_batches)
-
+    plan = plan_training(args, collator, accelerator)
     # num_layers=1: training.parameter_groups needs it even without layer decay (reported to its owner).
     groups = training.parameter_groups(model, args.learning_rate, args.weight_decay, num_layers=1)
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
-    # The prepared scheduler steps once per process for every optimiser step (accelerate's convention).
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
-                              num_warmup_steps=args.num_warmup_steps * world_size,
-                              num_training_steps=max_train_steps * world_size)
+    scheduler = make_scheduler(args, optimizer, plan, world_size)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    state = training.resume(accelerator, args, num_batches)
-    accelerator.print(f"Mask3D pretraining: {frames} frames, {num_batches} batches of "
-                      f"{args.per_device_train_batch_size} per process and epoch, {max_train_steps} steps, "
+    accelerator.print(f"Mask3D pretraining: {plan.frames} frames, {plan.batches_per_epoch} batches of "
+                      f"{args.per_device_train_batch_size} per process and epoch, {plan.max_train_steps} steps, "
                       f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
-    completed_steps, train_runtime = train_streaming(accelerator, args, model, optimizer, scheduler, train_loader,
-                                                     num_batches, max_train_steps, num_train_epochs, state)
+    completed_steps, train_runtime = train_streaming(accelerator, args, model, optimizer, scheduler, plan)
 
     eval_loader = scannet_rgbd_loader(args.root, args.eval_split, collator, args.per_device_eval_batch_size,
                                       layout=args.layout, rank=rank, world_size=world_size,
@@ -174,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir, save_function=accelerator.save)
         processor.save_pretrained(output_dir)
-        training.write_model_card(output_dir, MODEL_CARD, model_card_fields(args, config, metrics, frames))
+        training.write_model_card(output_dir, MODEL_CARD, model_card_fields(args, config, metrics, plan.frames))
         training.save_metrics(output_dir, metrics)
         training.push_output_dir(args, output_dir, commit_message=f"Mask3D pretraining, {completed_steps} steps")
     accelerator.wait_for_everyone()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from ..geomim.conversion_geomim import CheckpointConversionError
+from ..geomim.conversion_geomim import CheckpointConversionError, check_against_model
 from .configuration_mask3d import Mask3DConfig
 from .modeling_mask3d import Mask3DModel, resize_position_table
 
@@ -215,26 +215,6 @@ def convert_transformers_vit(model: torch.nn.Module) -> tuple[Mask3DConfig, dict
         trainable_position_embeddings=source.model_type == "vit",
     )
     return config, converted, report
-
-
-def check_against_model(state_dict: Mapping[str, torch.Tensor], model: Mask3DModel, report: ConversionReport) -> None:
-    """Raises, naming the keys, unless `state_dict` has exactly the model's keys and shapes."""
-    expected = model.state_dict()
-    report.missing = sorted(set(expected) - set(state_dict))
-    report.unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(state_dict))
-        if state_dict[key].shape != expected[key].shape
-    ]
-    problems = [
-        f"{what} {keys}"
-        for what, keys in (("missing keys", report.missing), ("unexpected keys", report.unexpected),
-                           ("shape mismatches", mismatched))
-        if keys
-    ]
-    if problems:
-        raise CheckpointConversionError("The converted weights do not fit Mask3DModel: " + "; ".join(problems))
 
 
 def build_encoder(

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 
+import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 from ... import training
-from ...data.scannet_rgbd import fixed_length
+from ...data.scannet_rgbd import ScanNetRGBDCollator, fixed_length, scannet_frame_count, scannet_rgbd_loader
 
 
 def batches_per_epoch(frames: int, batch_size: int, world_size: int, accumulation: int) -> int:
@@ -25,28 +28,57 @@ def batches_per_epoch(frames: int, batch_size: int, world_size: int, accumulatio
     return max(accumulation, batches - batches % accumulation)
 
 
+@dataclass
+class TrainingPlan:
+    """This process's streamed training loader and the run's length."""
+
+    loader: torch.utils.data.DataLoader
+    frames: int
+    batches_per_epoch: int
+    max_train_steps: int
+    num_train_epochs: int
+
+
+def plan_training(args: argparse.Namespace, collator: ScanNetRGBDCollator, accelerator: Accelerator) -> TrainingPlan:
+    """The shuffled training loader of `--train_split` for this process, and the run's length in steps and epochs
+    (`--max_train_steps` or `--num_train_epochs`, see `geomim_hf.training.training_steps`)."""
+    world_size = accelerator.num_processes
+    loader = scannet_rgbd_loader(
+        args.root, args.train_split, collator, args.per_device_train_batch_size, layout=args.layout,
+        rank=accelerator.process_index, world_size=world_size, shuffle_seed=args.seed,
+        shuffle_buffer=args.shuffle_buffer_size, max_samples=args.max_train_samples,
+        num_workers=args.dataloader_num_workers, drop_last=True)
+    frames = scannet_frame_count(args.root, args.train_split)
+    frames = min(frames, args.max_train_samples or frames)
+    num_batches = batches_per_epoch(frames, args.per_device_train_batch_size, world_size,
+                                    args.gradient_accumulation_steps)
+    _, max_train_steps, num_train_epochs = training.training_steps(args, num_batches)
+    return TrainingPlan(loader, frames, num_batches, max_train_steps, num_train_epochs)
+
+
+def make_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, plan: TrainingPlan, world_size: int):
+    """`--lr_scheduler_type` over the run. Counted in process steps: once prepared, accelerate steps the scheduler once
+    per process for every optimiser step."""
+    return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps * world_size,
+                         num_training_steps=plan.max_train_steps * world_size)
+
+
 def train_streaming(
-    accelerator: Accelerator,
-    args: argparse.Namespace,
-    model,
-    optimizer,
-    scheduler,
-    loader,
-    num_batches: int,
-    max_train_steps: int,
-    num_train_epochs: int,
-    state: training.ResumeState,
+    accelerator: Accelerator, args: argparse.Namespace, model, optimizer, scheduler, plan: TrainingPlan
 ) -> tuple[int, float]:
-    """Trains the prepared `model` on `num_batches` batches of `loader` per epoch (moved to the device, passed as
-    keyword arguments; the output's `loss` is minimised) until `max_train_steps`. Logs, checkpoints and resumes as
-    `geomim_hf.training` does. Returns the steps completed and the training time in seconds."""
+    """Trains the prepared `model` on `plan.batches_per_epoch` batches of `plan.loader` per epoch (moved to the device,
+    passed as keyword arguments; the output's `loss` is minimised) until `plan.max_train_steps`, resuming from
+    `--resume_from_checkpoint` first. Logs and checkpoints as `geomim_hf.training` does. Returns the steps completed
+    and the training time in seconds."""
+    state = training.resume(accelerator, args, plan.batches_per_epoch)
+    max_train_steps = plan.max_train_steps
     progress = tqdm(total=max_train_steps, initial=state.completed_steps, disable=not accelerator.is_local_main_process)
     completed_steps, running_loss, start = state.completed_steps, 0.0, time.perf_counter()
-    for epoch in range(state.starting_epoch, num_train_epochs):
+    for epoch in range(state.starting_epoch, plan.num_train_epochs):
         model.train()
-        loader.dataset.set_epoch(epoch)
+        plan.loader.dataset.set_epoch(epoch)
         skip = state.batches_to_skip if epoch == state.starting_epoch else 0
-        for batch in training.iterate_batches(fixed_length(loader, num_batches), skip):
+        for batch in training.iterate_batches(fixed_length(plan.loader, plan.batches_per_epoch), skip):
             batch = {name: tensor.to(accelerator.device) for name, tensor in batch.items()}
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
