@@ -19,9 +19,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from transformers import AutoImageProcessor, AutoModel, ViTImageProcessor
+from transformers import AutoImageProcessor, AutoModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from geomim_hf.data.scannet_rgbd import mask3d_image_processor
 from geomim_hf.hub import (
     add_conversion_output_arguments,
     check_conversion_arguments,
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(args.output_dir)
-    height, width = encoder.config.image_size
-    ViTImageProcessor(size={"height": height, "width": width}, image_mean=list(image_mean),
-                      image_std=list(image_std)).save_pretrained(args.output_dir)
+    mask3d_image_processor(encoder.config.image_size, image_mean, image_std).save_pretrained(args.output_dir)
     (args.output_dir / "README.md").write_text(MODEL_CARD.format(source=args.source, report=report.format()))
     print(f"Wrote {args.output_dir}: model.safetensors, config.json, preprocessor_config.json, README.md")
     if args.push_to_hub:

@@ -84,11 +84,11 @@ def pretrained(learning_scannet, tmp_path_factory):
 
 def test_depth_metrics_by_hand():
     target = torch.tensor([[[2.0, 4.0, 0.0, 12.0]]])  # 0 and 12 m are outside (0, 10]
-    predicted = torch.tensor([[[3.0, 4.0, 7.0, 1.0]]])
+    predicted = torch.tensor([[[2.8, 4.0, 7.0, 1.0]]])
     abs_rel, rmse, delta1 = frame_depth_metrics(predicted, target)[0].tolist()
-    assert abs_rel == pytest.approx((0.5 + 0.0) / 2)
-    assert rmse == pytest.approx(((1.0 + 0.0) / 2) ** 0.5)
-    assert delta1 == pytest.approx(0.5)  # 3 / 2 = 1.5 misses, 4 / 4 hits
+    assert abs_rel == pytest.approx((0.4 + 0.0) / 2)
+    assert rmse == pytest.approx(((0.64 + 0.0) / 2) ** 0.5)
+    assert delta1 == pytest.approx(0.5)  # 2.8 / 2 = 1.4 misses, 4 / 4 hits
 
 
 def test_segmentation_metrics_follow_evaluate_mean_iou():

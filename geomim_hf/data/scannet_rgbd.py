@@ -55,11 +55,13 @@ def read_scannet_to_nyu40(tsv_path: str | Path) -> np.ndarray:
     return table
 
 
-def mask3d_image_processor(image_size: tuple[int, int] | list[int]) -> ViTImageProcessor:
-    """The RGB processor of Mask3D models: bilinear resize to ``(height, width)``, ImageNet mean / std."""
+def mask3d_image_processor(
+    image_size: tuple[int, int] | list[int], image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD
+) -> ViTImageProcessor:
+    """The RGB processor of Mask3D models: bilinear resize to ``(height, width)``, ImageNet mean / std by default."""
     height, width = image_size
-    return ViTImageProcessor(size={"height": height, "width": width}, image_mean=list(IMAGENET_DEFAULT_MEAN),
-                             image_std=list(IMAGENET_DEFAULT_STD))
+    return ViTImageProcessor(size={"height": height, "width": width}, image_mean=list(image_mean),
+                             image_std=list(image_std))
 
 
 def resize_nearest(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
