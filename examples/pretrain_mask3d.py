@@ -7,9 +7,8 @@ The model masks RGB patches and depth patches of single frames and reconstructs 
 (`Mask3DForDepthPretraining`); the RGB encoder it trains is what downstream tasks keep (`Mask3DModel`,
 `Mask3DBackbone`). Frames stream from either ScanNet layout through `load_scannet` (the layout is detected; labels are
 not needed). After training, the depth reconstruction of `--eval_split` is measured (AbsRel, RMSE, delta < 1.25 over
-valid pixels in (0, 10] m, per frame then over frames, with fixed masks; see `geomim_hf.models.mask3d.evaluation_mask3d`)
-and written with the model, its image processor and model card to `OUTPUT_DIR`: `metrics.json`,
-`reconstructions.png`.
+valid pixels in (0, 10] m, per frame then over frames, with fixed masks; see `evaluation_mask3d`) and written with
+the model, its image processor and model card to `OUTPUT_DIR`: `metrics.json`, `reconstructions.png`.
 
 `--config_name` is a preset ("tiny": CPU-sized, learns a small synthetic set in minutes; "base": ViT-B/16 at 240x320)
 or a config file / folder; `--config_overrides "depth_mask_ratio=0.9,fusion=add"` changes fields of it. Training

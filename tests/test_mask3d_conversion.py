@@ -74,7 +74,8 @@ def test_original_mae_checkpoint_drops_the_decoder_and_reports_it(timm_vit, caps
     encoder = Mask3DModel.from_pretrained(tmp_path / "out")
     assert encoder.config.image_size == [24, 40]
     pretraining, info = Mask3DForDepthPretraining.from_pretrained(tmp_path / "out", output_loading_info=True)
-    assert not info["unexpected_keys"] and all(k.startswith(("depth_encoder.", "decoder.")) for k in info["missing_keys"])
+    assert not info["unexpected_keys"]
+    assert all(key.startswith(("depth_encoder.", "decoder.")) for key in info["missing_keys"])
     for name, tensor in encoder.state_dict().items():
         assert torch.equal(pretraining.vit.state_dict()[name], tensor), name
 

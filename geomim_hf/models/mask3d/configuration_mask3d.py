@@ -49,7 +49,8 @@ class Mask3DConfig(BackboneConfigMixin, PreTrainedConfig):
         num_channels (`int`, *optional*, defaults to 3):
             Channels of `pixel_values`.
         hidden_size (`int`, *optional*, defaults to 768), num_hidden_layers (`int`, *optional*, defaults to 12),
-        num_attention_heads (`int`, *optional*, defaults to 12), intermediate_size (`int`, *optional*, defaults to 3072):
+        num_attention_heads (`int`, *optional*, defaults to 12),
+        intermediate_size (`int`, *optional*, defaults to 3072):
             Size of the RGB ViT encoder (ViT-B).
         hidden_act (`str`, *optional*, defaults to `"gelu"`), hidden_dropout_prob (`float`, *optional*, defaults to
         0.0), attention_probs_dropout_prob (`float`, *optional*, defaults to 0.0), qkv_bias (`bool`, *optional*,

@@ -224,5 +224,6 @@ def format_iou_table(metrics: dict) -> str:
     for name, iou in metrics["per_category_iou"].items():
         lines.append(f"{name:<16} {percent(iou)} {percent(metrics['per_category_accuracy'][name])}")
     lines.append(f"{'mean':<16} {percent(metrics['mean_iou'])} {percent(metrics['mean_accuracy'])}")
-    lines.append(f"overall accuracy {metrics['overall_accuracy'] * 100:.2f} (-: class in neither prediction nor labels)")
+    lines.append(f"overall accuracy {metrics['overall_accuracy'] * 100:.2f} "
+                 "(-: a class in neither prediction nor labels)")
     return "\n".join(lines)
