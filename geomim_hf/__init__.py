@@ -5,21 +5,33 @@ Importing the package registers its models and image processor with the transfor
 `AutoImageProcessor.from_pretrained(...)` resolve to them.
 """
 
-from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
 
 from .data.image_processing_geomim import GeoMIMImageProcessor
-from .models.geomim import GeoMIMBackbone, GeoMIMConfig, GeoMIMModel, GeoMIMModelOutput, GeoMIMPreTrainedModel
+from .models.geomim import (
+    GeoMIMBackbone,
+    GeoMIMConfig,
+    GeoMIMForPretraining,
+    GeoMIMModel,
+    GeoMIMModelOutput,
+    GeoMIMPreTrainedModel,
+    GeoMIMPretrainingConfig,
+)
 
 AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig)
 AutoModel.register(GeoMIMConfig, GeoMIMModel)
 AutoBackbone.register(GeoMIMConfig, GeoMIMBackbone)
 AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
+AutoConfig.register(GeoMIMPretrainingConfig.model_type, GeoMIMPretrainingConfig)
+AutoModelForPreTraining.register(GeoMIMPretrainingConfig, GeoMIMForPretraining)
 
 __all__ = [
     "GeoMIMBackbone",
     "GeoMIMConfig",
+    "GeoMIMForPretraining",
     "GeoMIMImageProcessor",
     "GeoMIMModel",
     "GeoMIMModelOutput",
     "GeoMIMPreTrainedModel",
+    "GeoMIMPretrainingConfig",
 ]
