@@ -11,19 +11,18 @@ report, and writes `model.safetensors`, `config.json` and a model card filled fr
 """
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
-from huggingface_hub import create_repo, upload_folder
-
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
+from geomim_hf.hub import file_sha256, upload_folder_to_hub
 from geomim_hf.models.geomim import GeoMIMConfig
 from geomim_hf.models.geomim.conversion_geomim import (
     CheckpointConversionError,
     ConversionReport,
     convert_checkpoint,
     load_checkpoint_file,
+    released_swin_size,
 )
 
 
@@ -62,9 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=Path, required=True, help="folder to write the converted model into")
     parser.add_argument(
         "--variant",
-        choices=("base", "large", "auto"),
+        choices=("base", "large", "auto", "custom"),
         default="auto",
-        help="GeoMIM size the checkpoint must be; 'auto' reads it from the weights (default)",
+        help="GeoMIM size the checkpoint must be; 'auto' reads it from the weights and refuses a checkpoint with the "
+        "width of a released Swin but other depths or heads (a damaged file?); 'custom' converts any architecture",
     )
     parser.add_argument(
         "--shift_windows",
@@ -102,14 +102,6 @@ def describe_architecture(config: GeoMIMConfig, report: ConversionReport) -> str
         f"{report.source_layout} layout, embed_dim {config.embed_dim}, depths {config.depths}, "
         f"heads {config.num_heads}, windows {config.window_size}, shift_windows {config.shift_windows}"
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def conversion_record(checkpoint: Path, config: GeoMIMConfig, report: ConversionReport) -> str:
@@ -157,7 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     print(report.format())
 
     variant = geomim_variant(model.config, report)
-    if args.variant != "auto" and variant != args.variant:
+    try:
+        swin_size = released_swin_size(model.config, allow_custom=args.variant == "custom")
+    except CheckpointConversionError as error:
+        sys.exit(f"error: cannot convert {args.checkpoint}: {error} (pass --variant custom)")
+    if swin_size is None:
+        print(f"Custom architecture, not a released Swin size: {describe_architecture(model.config, report)}")
+    if args.variant in GEOMIM_VARIANTS and variant != args.variant:
         sys.exit(
             f"error: --variant {args.variant} expects GeoMIM Swin-{args.variant.capitalize()} "
             f"({GEOMIM_VARIANTS[args.variant]}), the checkpoint is {describe_architecture(model.config, report)}"
@@ -172,12 +170,7 @@ def main(argv: list[str] | None = None) -> None:
           f"({variant or 'generic'} card)")
 
     if args.push_to_hub:
-        create_repo(args.push_to_hub, exist_ok=True)
-        upload_folder(
-            repo_id=args.push_to_hub,
-            folder_path=args.output_dir,
-            commit_message=f"Add {args.checkpoint.name} converted to GeoMIMModel",
-        )
+        upload_folder_to_hub(args.push_to_hub, args.output_dir, f"Add {args.checkpoint.name} converted to GeoMIMModel")
         print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
 
 

@@ -8,6 +8,7 @@ Importing the package registers its models and image processor with the transfor
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
 
 from .data.image_processing_geomim import GeoMIMImageProcessor
+from .models.bevdet import GeoMIMBEVDetectionConfig, GeoMIMBEVDetectionOutput, GeoMIMForBEVDetection
 from .models.geomim import (
     GeoMIMBackbone,
     GeoMIMConfig,
@@ -22,12 +23,18 @@ AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig)
 AutoModel.register(GeoMIMConfig, GeoMIMModel)
 AutoBackbone.register(GeoMIMConfig, GeoMIMBackbone)
 AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
+AutoConfig.register(GeoMIMBEVDetectionConfig.model_type, GeoMIMBEVDetectionConfig)
+AutoModel.register(GeoMIMBEVDetectionConfig, GeoMIMForBEVDetection)
+AutoImageProcessor.register(GeoMIMBEVDetectionConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
 AutoConfig.register(GeoMIMPretrainingConfig.model_type, GeoMIMPretrainingConfig)
 AutoModelForPreTraining.register(GeoMIMPretrainingConfig, GeoMIMForPretraining)
 
 __all__ = [
+    "GeoMIMBEVDetectionConfig",
+    "GeoMIMBEVDetectionOutput",
     "GeoMIMBackbone",
     "GeoMIMConfig",
+    "GeoMIMForBEVDetection",
     "GeoMIMForPretraining",
     "GeoMIMImageProcessor",
     "GeoMIMModel",

@@ -222,15 +222,14 @@ def test_script_reports_an_unknown_key_and_writes_nothing(reference, tmp_path):
 def test_script_overwrites_and_pushes_the_folder_when_asked(pretraining_checkpoint, tmp_path, monkeypatch):
     script = load_script()
     calls = []
-    monkeypatch.setattr(script, "create_repo", lambda repo_id, exist_ok: calls.append(("create", repo_id, exist_ok)))
-    monkeypatch.setattr(script, "upload_folder", lambda **kwargs: calls.append(("upload", kwargs["repo_id"],
-                                                                                kwargs["folder_path"])))
+    monkeypatch.setattr(script, "upload_folder_to_hub",
+                        lambda repo_id, folder, commit_message: calls.append(("upload", repo_id, folder)))
     output_dir = tmp_path / "out"
     output_dir.mkdir()
     (output_dir / "stale.txt").write_text("old")
     script.main(["--checkpoint", str(pretraining_checkpoint), "--output_dir", str(output_dir), "--overwrite",
                  "--push_to_hub", "someone/geomim-tiny"])
-    assert calls == [("create", "someone/geomim-tiny", True), ("upload", "someone/geomim-tiny", output_dir)]
+    assert calls == [("upload", "someone/geomim-tiny", output_dir)]
     assert (output_dir / "model.safetensors").is_file()
 
 

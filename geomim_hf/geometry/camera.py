@@ -46,8 +46,9 @@ def create_frustum(
     if stride < 1 or height % stride or width % stride:
         raise ValueError(f"image_size (H, W) = {image_size} must be a positive multiple of stride {stride}")
     depth = grid.depth_values(device=device, dtype=dtype)
-    v = torch.linspace(0, height - 1, height // stride, device=device, dtype=dtype)
-    u = torch.linspace(0, width - 1, width // stride, device=device, dtype=dtype)
+    # On depth's device, which is the default device (meta, while transformers builds a model to load) when None.
+    v = torch.linspace(0, height - 1, height // stride, device=depth.device, dtype=dtype)
+    u = torch.linspace(0, width - 1, width // stride, device=depth.device, dtype=dtype)
     depth_grid, v_grid, u_grid = torch.meshgrid(depth, v, u, indexing="ij")  # each (D, h, w)
     return torch.stack([u_grid, v_grid, depth_grid], dim=-1)
 

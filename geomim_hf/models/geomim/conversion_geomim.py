@@ -362,11 +362,20 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], shift_windows: bool) ->
     embed_dim, num_channels, patch_size, _ = projection.shape
 
     block_key = re.compile(r"encoder\.layers\.(\d+)\.blocks\.(\d+)\.")
-    blocks_per_stage = Counter()
+    blocks_per_stage: dict[int, set[int]] = {}
     for key in state_dict:
         if key.endswith("layernorm_before.weight") and (match := block_key.match(key)):
-            blocks_per_stage[int(match.group(1))] += 1
-    depths = [blocks_per_stage[stage] for stage in range(max(blocks_per_stage) + 1)]
+            blocks_per_stage.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+    depths = []
+    for stage in range(max(blocks_per_stage) + 1):
+        blocks = blocks_per_stage.get(stage, set())
+        missing_blocks = sorted(set(range(max(blocks, default=-1) + 1)) - blocks)
+        if not blocks or missing_blocks:
+            raise CheckpointConversionError(
+                f"Stage {stage} of the checkpoint has blocks {sorted(blocks)}: blocks {missing_blocks or [0]} are "
+                f"missing (a truncated or edited checkpoint?)"
+            )
+        depths.append(len(blocks))
 
     num_heads, window_size = [], []
     for stage in range(len(depths)):
@@ -418,8 +427,39 @@ def add_identity_output_norm(state_dict: dict[str, torch.Tensor], report: Conver
     report.initialised[f"hidden_states_norms.{stage}"] = "identity LayerNorm: weight 1, bias 0"
 
 
-def check_against_model(state_dict: Mapping[str, torch.Tensor], model: GeoMIMModel, report: ConversionReport) -> None:
-    """Raises, naming the keys, unless `state_dict` has exactly the model's keys and shapes."""
+# The Swin sizes that released checkpoints come in: embed_dim -> (depths, heads) of each size of that width.
+RELEASED_SWIN_SIZES = {
+    "tiny": (96, [2, 2, 6, 2], [3, 6, 12, 24]),
+    "small": (96, [2, 2, 18, 2], [3, 6, 12, 24]),
+    "base": (128, [2, 2, 18, 2], [4, 8, 16, 32]),
+    "large": (192, [2, 2, 18, 2], [6, 12, 24, 48]),
+}
+
+
+def released_swin_size(config: GeoMIMConfig, allow_custom: bool = False) -> str | None:
+    """The released Swin size (`tiny`, `small`, `base`, `large`) of a converted architecture, or None for a custom
+    one.
+
+    A checkpoint with the width of a released size but other depths or heads is almost always a damaged file (a
+    missing block, a stage cut short), so it is refused unless `allow_custom` says the architecture is intended.
+    """
+    same_width = {name: size for name, size in RELEASED_SWIN_SIZES.items() if size[0] == config.embed_dim}
+    for name, (_, depths, heads) in same_width.items():
+        if config.depths == depths and config.num_heads == heads:
+            return name
+    if same_width and not allow_custom:
+        expected = "; ".join(f"{name}: depths {depths}, heads {heads}" for name, (_, depths, heads) in same_width.items())
+        raise CheckpointConversionError(
+            f"The checkpoint has embed_dim {config.embed_dim}, the width of Swin {'/'.join(same_width)}, but depths "
+            f"{config.depths} and heads {config.num_heads} ({expected}). If this architecture is intended, convert "
+            f"it as a custom architecture explicitly."
+        )
+    return None
+
+
+def check_against_model(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module, report) -> None:
+    """Raises, naming the keys, unless `state_dict` has exactly the model's keys and shapes; records the missing and
+    unexpected keys in `report` (any report with those two lists)."""
     expected = model.state_dict()
     report.missing = sorted(set(expected) - set(state_dict))
     report.unexpected = sorted(set(state_dict) - set(expected))
@@ -436,7 +476,7 @@ def check_against_model(state_dict: Mapping[str, torch.Tensor], model: GeoMIMMod
     if mismatched:
         problems.append(f"shape mismatches {mismatched}")
     if problems:
-        raise CheckpointConversionError("The converted weights do not fit GeoMIMModel: " + "; ".join(problems))
+        raise CheckpointConversionError(f"The converted weights do not fit {type(model).__name__}: " + "; ".join(problems))
 
 
 def convert_state_dict(
@@ -446,8 +486,10 @@ def convert_state_dict(
 
     Args:
         checkpoint: a loaded checkpoint, in any container form the original GeoMIM loader accepts.
-        shift_windows: whether the source model shifts windows in odd blocks. Weights cannot tell; the default is
-            `False` for the mmdet layout (GeoMIM) and `True` for the swin layout (ImageNet Swin).
+        shift_windows: whether the source model shifts windows in odd blocks. Weights cannot tell it directly; by
+            default the swin layout (ImageNet Swin) shifts, and so does an mmdet-layout encoder without an absolute
+            position embedding (BEVDet's `SwinTransformerOri`, the ImageNet baseline of GeoMIM's detectors), while an
+            mmdet-layout encoder with one is GeoMIM's `SwinTransformerBEVFT`, which never shifts.
     """
     state_dict = unwrap_state_dict(checkpoint)
     report = ConversionReport(source_layout="", backbone_prefix="")
@@ -460,7 +502,7 @@ def convert_state_dict(
     if layout == "swin":
         add_identity_output_norm(converted, report)
     if shift_windows is None:
-        shift_windows = layout == "swin"
+        shift_windows = layout == "swin" or "absolute_pos_embed" not in backbone
     return infer_config(converted, shift_windows=shift_windows), converted, report
 
 
@@ -478,9 +520,12 @@ def convert_checkpoint(
 __all__ = [
     "CheckpointConversionError",
     "ConversionReport",
+    "RELEASED_SWIN_SIZES",
+    "check_against_model",
     "convert_checkpoint",
     "convert_state_dict",
     "grouped_to_unfold_channels",
     "load_checkpoint_file",
+    "released_swin_size",
     "unfold_to_grouped_channels",
 ]

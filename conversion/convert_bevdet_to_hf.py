@@ -1,0 +1,127 @@
+"""Convert a released BEVDet / BEVDet4D detector checkpoint into a `GeoMIMForBEVDetection` folder ready for the Hub.
+
+    python conversion/convert_bevdet_to_hf.py --checkpoint bevdet-swinb-4d-256x704-cbgs-geomim_ema.pth \
+        --output_dir geomim-bevdet4d-swin-base [--preset bevdet4d-swinb-256x704] [--push_to_hub ID]
+
+Accepted: the finetuned detectors of GeoMIM's `bevdet/` (GeoMIM Swin-B, `...-cbgs-geomim`) and its ImageNet baseline
+(`...-cbgs`, whose Swin shifts windows and has no absolute position embedding), as training checkpoints
+(`{meta, state_dict, optimizer}`) or EMA files (`{epoch, state_dict, updates}`). Widths, the temporal setting and the
+task layout are read from the weights; the grid, depth bins, image size and BEVDet's index truncation from `--preset`.
+The key mapping lives in `geomim_hf.models.bevdet.conversion_bevdet`; this script loads the file
+(`weights_only=True`), prints the conversion report and writes `model.safetensors`, `config.json`,
+`preprocessor_config.json` (BEVDet's BGR input pipeline) and a model card.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
+from geomim_hf.hub import file_sha256, fill_template, upload_folder_to_hub
+from geomim_hf.models.bevdet import GeoMIMBEVDetectionConfig
+from geomim_hf.models.bevdet.conversion_bevdet import (
+    DETECTOR_PRESETS,
+    DetectorConversionReport,
+    convert_detector_checkpoint,
+)
+from geomim_hf.models.geomim.conversion_geomim import (
+    CheckpointConversionError,
+    load_checkpoint_file,
+    released_swin_size,
+)
+
+CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "geomim-bevdet4d-swin-base.md"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (.pth, .pt or .safetensors)")
+    parser.add_argument("--output_dir", type=Path, required=True, help="folder to write the converted model into")
+    parser.add_argument("--preset", choices=sorted(DETECTOR_PRESETS), default="bevdet4d-swinb-256x704",
+                        help="what the weights cannot tell: grid, depth bins, image size, index truncation")
+    parser.add_argument("--custom_encoder", action="store_true",
+                        help="accept an encoder with the width of a released Swin but other depths or heads")
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the output folder to this Hub repo")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f"--checkpoint {args.checkpoint} is not a file")
+    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
+        parser.error(f"--output_dir {args.output_dir} is not empty; pass --overwrite to write into it")
+    return args
+
+
+def describe(config: GeoMIMBEVDetectionConfig) -> dict[str, str]:
+    """The card's architecture fields."""
+    encoder = config.encoder_config
+    kind = "GeoMIM Swin (windows never shifted, absolute position embedding)" if not encoder.shift_windows else \
+        "Swin with shifted windows, no absolute position embedding (ImageNet initialisation)"
+    grid = config.grid
+    return {
+        "detector": "BEVDet4D, one previous key frame aligned in the view transform" if config.num_previous_frames
+        else "BEVDet, single frame",
+        "encoder": f"{kind}: embed {encoder.embed_dim}, depths {encoder.depths}, heads {encoder.num_heads}, "
+                   f"windows {encoder.window_size}",
+        "image_neck_channels": config.image_neck_channels,
+        "depth_bins": grid.num_depth_bins,
+        "context_channels": config.context_channels,
+        "grid": f"{grid.num_x} x {grid.num_y} (cells of {grid.x[2]} m)",
+        "bev_encoder": f"{config.bev_encoder_blocks} blocks, channels {config.bev_encoder_channels}",
+        "bev_neck_channels": config.bev_neck_channels,
+        "tasks": f"{len(config.tasks)} task(s) {config.tasks}",
+        "image_size": f"{config.image_size[0]} x {config.image_size[1]}",
+    }
+
+
+def render_card(config: GeoMIMBEVDetectionConfig, report: DetectorConversionReport, checkpoint: Path,
+                preset: str, repo_id: str) -> str:
+    geomim = not config.encoder_config.shift_windows
+    title = "GeoMIM Swin-B BEVDet4D (256 x 704)" if geomim else "ImageNet Swin-B BEVDet4D baseline (256 x 704)"
+    description = (
+        "The BEVDet4D detector that GeoMIM finetunes from its pretrained Swin-B encoder "
+        "(`bevdet-swinb-4d-256x704-cbgs-geomim`), the headline detector of the GeoMIM paper."
+        if geomim else
+        "The ImageNet-initialised baseline of GeoMIM's detection table (`bevdet-swinb-4d-256x704-cbgs`): the same "
+        "detector with a standard shifted-window Swin-B."
+    )
+    record = "\n".join([
+        "## Conversion record", "",
+        f"- Source file: `{checkpoint.name}` (SHA-256 `{file_sha256(checkpoint)}`)",
+        f"- Preset: `{preset}` ({DETECTOR_PRESETS[preset]})",
+        "- Converter: `conversion/convert_bevdet_to_hf.py` (geomim_hf), strict load, report below", "",
+        "```text", report.format(), "```",
+    ])
+    return fill_template(CARD_TEMPLATE.read_text(), {"title": title, "description": description, "repo_id": repo_id,
+                                                     "conversion_record": record, **describe(config)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+
+    def check_encoder(encoder_config) -> None:
+        size = released_swin_size(encoder_config, allow_custom=args.custom_encoder)
+        print(f"Encoder: Swin-{size.capitalize()}" if size else "Encoder: custom architecture (not a released size)")
+
+    try:
+        model, report = convert_detector_checkpoint(load_checkpoint_file(args.checkpoint), args.preset, check_encoder)
+    except CheckpointConversionError as error:
+        sys.exit(f"error: cannot convert {args.checkpoint}: {error}")
+    print(report.format())
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.output_dir)
+    GeoMIMImageProcessor.bevdet_finetuning(
+        size={"height": model.config.image_size[0], "width": model.config.image_size[1]}
+    ).save_pretrained(args.output_dir)
+    repo_id = args.push_to_hub or str(args.output_dir)
+    (args.output_dir / "README.md").write_text(render_card(model.config, report, args.checkpoint, args.preset,
+                                                           repo_id))
+    print(f"Wrote {args.output_dir}: model.safetensors, config.json, preprocessor_config.json, README.md")
+    if args.push_to_hub:
+        upload_folder_to_hub(args.push_to_hub, args.output_dir,
+                             f"Add {args.checkpoint.name} converted to GeoMIMForBEVDetection")
+        print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Conversion of released BEVDet / BEVDet4D detector checkpoints (GeoMIM's `bevdet/`, BEVDet dev2.x, mmdet3d key
+layout) to [`GeoMIMForBEVDetection`]: the one place that knows the detector's foreign key names.
+
+The encoder (`img_backbone.`) goes through the Swin converter of `..geomim.conversion_geomim`; the rest through
+`KEY_RULES` below. Shapes give the widths, the temporal setting and the task layout; what shapes cannot tell (BEV
+grid, depth bins, image size, index truncation, decoding) comes from a preset (`DETECTOR_PRESETS`). Loading is strict:
+an unknown, missing or mis-shaped key is an error that names it.
+"""
+
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from ...data.nuscenes_constants import DETECTION_CLASSES
+from ..geomim.conversion_geomim import (
+    CheckpointConversionError,
+    ConversionReport,
+    check_against_model,
+    convert_state_dict,
+    unwrap_state_dict,
+)
+from .configuration_bevdet import SIX_TASKS, GeoMIMBEVDetectionConfig
+from .modeling_bevdet import GeoMIMForBEVDetection
+
+ENCODER_PREFIX = "img_backbone."
+HEAD_PREFIX = "pts_bbox_head."
+
+_BN = r"(?P<param>weight|bias|running_mean|running_var|num_batches_tracked)"
+_CONV = r"(?P<param>weight|bias)"
+
+
+def _block(source: str, target: str) -> tuple[tuple[str, str], ...]:
+    """Rules of mmdet's `BasicBlock` (conv1/bn1/conv2/bn2/downsample) under `source` -> ours under `target`."""
+    return (
+        (source + r"\.conv(?P<n>[12])\.weight", target + ".conv{n}.weight"),
+        (source + r"\.bn(?P<n>[12])\." + _BN, target + ".norm{n}.{param}"),
+        (source + r"\.downsample\." + _CONV, target + ".shortcut.{param}"),
+    )
+
+
+def _fpn(source: str, target: str) -> tuple[tuple[str, str], ...]:
+    """Rules of BEVDet's `FPN_LSS` (`conv` and `up2` Sequentials) -> ours."""
+    return (
+        (source + r"\.conv\.0\.weight", target + ".fuse1.conv.weight"),
+        (source + r"\.conv\.1\." + _BN, target + ".fuse1.norm.{param}"),
+        (source + r"\.conv\.3\.weight", target + ".fuse2.conv.weight"),
+        (source + r"\.conv\.4\." + _BN, target + ".fuse2.norm.{param}"),
+        (source + r"\.up2\.1\.weight", target + ".up_fuse.conv.weight"),
+        (source + r"\.up2\.2\." + _BN, target + ".up_fuse.norm.{param}"),
+        (source + r"\.up2\.4\." + _CONV, target + ".up_projection.{param}"),
+    )
+
+
+_TASK_HEAD = r"pts_bbox_head\.task_heads\.(?P<task>\d+)\.(?P<name>reg|height|dim|rot|vel|heatmap)"
+
+# Source key (full match) -> GeoMIMForBEVDetection key, formatted with the named groups of the match.
+KEY_RULES: tuple[tuple[str, str], ...] = (
+    *_fpn(r"img_neck", "image_neck"),
+    (r"img_view_transformer\.depth_net\." + _CONV, "view_transformer.depth_net.{param}"),
+    *_block(r"pre_process_net\.layers\.0\.(?P<block>\d+)", "pre_process.stages.0.{block}"),
+    *_block(r"img_bev_encoder_backbone\.layers\.(?P<stage>\d+)\.(?P<block>\d+)", "bev_encoder.stages.{stage}.{block}"),
+    *_fpn(r"img_bev_encoder_neck", "bev_neck"),
+    (r"pts_bbox_head\.shared_conv\.conv\.weight", "head.shared_conv.conv.weight"),
+    (r"pts_bbox_head\.shared_conv\.bn\." + _BN, "head.shared_conv.norm.{param}"),
+    (_TASK_HEAD + r"\.0\.conv\.weight", "head.task_heads.{task}.outputs.{name}.0.conv.weight"),
+    (_TASK_HEAD + r"\.0\.bn\." + _BN, "head.task_heads.{task}.outputs.{name}.0.norm.{param}"),
+    (_TASK_HEAD + r"\.1\." + _CONV, "head.task_heads.{task}.outputs.{name}.1.{param}"),
+)
+# Tensors that the original derives from its configuration and that the model rebuilds.
+DERIVED = (r"img_view_transformer\.frustum",)
+
+# What a detector file cannot tell from its shapes. Each preset names the released configs it reproduces.
+DETECTOR_PRESETS: dict[str, dict] = {
+    # bevdet-swinb-4d-256x704-cbgs(-geomim).py: BEVDet4D, 0.8 m grid, 59 depth bins, BEVDet's .long() truncation.
+    "bevdet4d-swinb-256x704": {"image_size": [256, 704], "feature_stride": 16, "grid_x": [-51.2, 51.2, 0.8],
+                               "grid_y": [-51.2, 51.2, 0.8], "grid_z": [-5.0, 3.0, 8.0],
+                               "depth_bins": [1.0, 60.0, 1.0], "legacy_voxel_truncation": True},
+}
+# CenterPoint's 6-task test settings (BEVDet's stereo configs): circle NMS for barriers, per-class Scale-NMS.
+SIX_TASK_DECODING = {
+    "nms_types": ["rotate", "rotate", "rotate", "circle", "rotate", "rotate"],
+    "nms_thresholds": [0.125, 0.125, 0.125, 1.0, 0.125, 0.125],
+    "nms_post_max_size": 83,
+    "nms_rescale_factors": [0.7, 0.4, 0.6, 0.3, 0.4, 0.9, 1.0, 1.0, 1.5, 2.5],
+}
+
+
+@dataclass
+class DetectorConversionReport:
+    """What a detector conversion did with every key of the source checkpoint."""
+
+    encoder: ConversionReport | None = None
+    converted: dict[str, str] = field(default_factory=dict)
+    dropped: dict[str, list[str]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        lines = ["Encoder (img_backbone.):", *("  " + line for line in self.encoder.format().splitlines())]
+        modules = Counter(key.split(".")[0] for key in self.converted)
+        lines.append(f"Detector: {len(self.converted)} tensors converted ["
+                     + ", ".join(f"{name} ({count})" for name, count in sorted(modules.items())) + "]")
+        for reason, keys in self.dropped.items():
+            lines.append(f"Dropped, {reason}: {len(keys)} {keys}")
+        lines.append(f"Missing: {len(self.missing)}" + (f" {self.missing}" if self.missing else ""))
+        lines.append(f"Unexpected: {len(self.unexpected)}" + (f" {self.unexpected}" if self.unexpected else ""))
+        return "\n".join(lines)
+
+
+def map_detector_keys(state_dict: Mapping[str, torch.Tensor], report: DetectorConversionReport) -> dict:
+    """Applies `KEY_RULES` to every non-encoder key; an unknown key raises, naming it."""
+    rules = [(re.compile(pattern), target) for pattern, target in KEY_RULES]
+    converted = {}
+    for key, tensor in state_dict.items():
+        if any(re.fullmatch(pattern, key) for pattern in DERIVED):
+            report.dropped.setdefault("derived from the configuration", []).append(key)
+            continue
+        for pattern, target in rules:
+            if match := pattern.fullmatch(key):
+                converted[target.format(**match.groupdict())] = tensor.contiguous()
+                report.converted[key] = target.format(**match.groupdict())
+                break
+        else:
+            raise CheckpointConversionError(f"Unknown key {key!r} in the detector checkpoint: it is neither a BEVDet "
+                                            f"detector weight nor on a drop list")
+    return converted
+
+
+def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
+    if key not in state_dict:
+        raise CheckpointConversionError(f"Missing key {key!r}: cannot infer the detector's architecture")
+    return tuple(state_dict[key].shape)
+
+
+def _blocks_per_stage(state_dict: Mapping[str, torch.Tensor], prefix: str) -> list[int]:
+    pattern = re.compile(re.escape(prefix) + r"\.stages\.(\d+)\.(\d+)\.conv1\.weight")
+    blocks = Counter(int(match.group(1)) for key in state_dict if (match := pattern.fullmatch(key)))
+    return [blocks[stage] for stage in range(max(blocks) + 1)] if blocks else []
+
+
+def infer_detector_config(
+    state_dict: Mapping[str, torch.Tensor], encoder_config, preset: Mapping[str, object]
+) -> GeoMIMBEVDetectionConfig:
+    """The detector's architecture from the shapes of converted (GeoMIMForBEVDetection-named) tensors, completed by
+    `preset`."""
+    image_neck_channels = _shape(state_dict, "image_neck.fuse1.conv.weight")[0]
+    depth_and_context = _shape(state_dict, "view_transformer.depth_net.weight")[0]
+    bins = preset["depth_bins"]
+    num_bins = round((bins[1] - bins[0]) / bins[2])
+    context_channels = depth_and_context - num_bins
+    if context_channels <= 0:
+        raise CheckpointConversionError(f"depth_net has {depth_and_context} outputs, not more than the preset's "
+                                        f"{num_bins} depth bins: the preset does not fit this checkpoint")
+    pre_process_blocks = _blocks_per_stage(state_dict, "pre_process")
+    bev_encoder_blocks = _blocks_per_stage(state_dict, "bev_encoder")
+    bev_encoder_channels = [_shape(state_dict, f"bev_encoder.stages.{stage}.0.conv1.weight")[0]
+                            for stage in range(len(bev_encoder_blocks))]
+    task_classes = []
+    while f"head.task_heads.{len(task_classes)}.outputs.heatmap.1.weight" in state_dict:
+        task_classes.append(_shape(state_dict, f"head.task_heads.{len(task_classes)}.outputs.heatmap.1.weight")[0])
+    if task_classes == [len(DETECTION_CLASSES)]:
+        tasks, decoding = [list(DETECTION_CLASSES)], {}
+    elif task_classes == [len(task) for task in SIX_TASKS]:
+        tasks, decoding = [list(task) for task in SIX_TASKS], SIX_TASK_DECODING
+    else:
+        raise CheckpointConversionError(f"Heads with {task_classes} classes per task are neither the single 10-class "
+                                        f"task nor CenterPoint's 6-task split: the class names cannot be inferred")
+    head_weight = _shape(state_dict, "head.task_heads.0.outputs.reg.1.weight")
+    return GeoMIMBEVDetectionConfig(
+        encoder_config=encoder_config,
+        image_neck_channels=image_neck_channels,
+        context_channels=context_channels,
+        num_previous_frames=1 if pre_process_blocks else 0,
+        pre_process_blocks=pre_process_blocks[0] if pre_process_blocks else 2,
+        bev_encoder_blocks=bev_encoder_blocks,
+        bev_encoder_channels=bev_encoder_channels,
+        bev_neck_channels=_shape(state_dict, "bev_neck.up_projection.weight")[0],
+        tasks=tasks,
+        head_channels=_shape(state_dict, "head.shared_conv.conv.weight")[0],
+        head_final_kernel=head_weight[-1],
+        **decoding,
+        **preset,
+    )
+
+
+def convert_detector_state_dict(
+    checkpoint: Mapping[str, object], preset: str = "bevdet4d-swinb-256x704",
+    check_encoder: Callable | None = None,
+) -> tuple[GeoMIMBEVDetectionConfig, dict[str, torch.Tensor], DetectorConversionReport]:
+    """Converts a released BEVDet / BEVDet4D checkpoint (any container: `state_dict`, EMA files, raw) to the keys and
+    config of [`GeoMIMForBEVDetection`].
+
+    The encoder's window shift follows the encoder converter's rule: GeoMIM's encoder (with an absolute position
+    embedding) never shifts, the ImageNet baseline's `SwinTransformerOri` (without one) does. `check_encoder` is
+    called with the encoder's config before anything else is converted (the script checks the Swin size there).
+    """
+    if preset not in DETECTOR_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(DETECTOR_PRESETS)}")
+    state_dict = unwrap_state_dict(checkpoint)
+    if not any(key.startswith(HEAD_PREFIX) for key in state_dict) or not any(
+            key.startswith(ENCODER_PREFIX) for key in state_dict):
+        found = sorted({key.split(".")[0] for key in state_dict})
+        raise CheckpointConversionError(f"Not a BEVDet detector checkpoint: it needs {ENCODER_PREFIX}* and "
+                                        f"{HEAD_PREFIX}* keys, found the top-level names {found}")
+    report = DetectorConversionReport()
+    encoder_part = {key: value for key, value in state_dict.items() if key.startswith(ENCODER_PREFIX)}
+    encoder_config, encoder_state, report.encoder = convert_state_dict(encoder_part)
+    if check_encoder is not None:
+        check_encoder(encoder_config)
+    detector_state = map_detector_keys(
+        {key: value for key, value in state_dict.items() if not key.startswith(ENCODER_PREFIX)}, report)
+    converted = {f"geomim.{key}": value for key, value in encoder_state.items()} | detector_state
+    config = infer_detector_config(converted, encoder_config, DETECTOR_PRESETS[preset])
+    return config, converted, report
+
+
+def convert_detector_checkpoint(
+    checkpoint: Mapping[str, object], preset: str = "bevdet4d-swinb-256x704", check_encoder: Callable | None = None,
+) -> tuple[GeoMIMForBEVDetection, DetectorConversionReport]:
+    """Converts a detector checkpoint (see [`convert_detector_state_dict`]) and loads it strictly."""
+    config, state_dict, report = convert_detector_state_dict(checkpoint, preset, check_encoder)
+    model = GeoMIMForBEVDetection(config)
+    check_against_model(state_dict, model, report)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval(), report
+
+
+__all__ = ["DETECTOR_PRESETS", "DetectorConversionReport", "convert_detector_checkpoint",
+           "convert_detector_state_dict", "infer_detector_config"]
