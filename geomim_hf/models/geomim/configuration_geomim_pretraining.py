@@ -168,8 +168,9 @@ class GeoMIMPretrainingConfig(PreTrainedConfig):
     @classmethod
     def preset(cls, name: str, **overrides) -> "GeoMIMPretrainingConfig":
         """A named configuration: `"base"` and `"large"` (the original Swin-B / Swin-L pretraining) or `"tiny"`, a
-        few-hundred-thousand-parameter model with GeoMIM's full structure on a coarse 1.2 m grid (45 x 45 output,
-        normalised in 9 x 9 patches) that trains on a CPU. `overrides` replace fields of the preset."""
+        model of about 0.7 M parameters with GeoMIM's full structure on a coarse 1.2 m grid that trains on a CPU. Its
+        output, 128 x 45 x 45 normalised in 9 x 9 patches, is the BEV map of `GeoMIMLidarTeacherConfig.small_grid()`.
+        `overrides` replace fields of the preset."""
         encoders = {
             "base": {},
             "large": {"embed_dim": 192, "num_heads": [6, 12, 24, 48]},
@@ -181,7 +182,7 @@ class GeoMIMPretrainingConfig(PreTrainedConfig):
         fields = {"encoder_config": GeoMIMConfig(**encoders[name])}
         if name == "tiny":
             fields.update(decoder_hidden_size=32, decoder_num_heads=2, bev_channels=16, bev_x_bound=(-54.0, 54.0, 1.2),
-                          bev_y_bound=(-54.0, 54.0, 1.2), target_patch_size=9)
+                          bev_y_bound=(-54.0, 54.0, 1.2), teacher_channels=128, target_patch_size=9)
         return cls(**{**fields, **overrides})
 
 
