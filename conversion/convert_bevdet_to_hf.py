@@ -19,11 +19,8 @@ from pathlib import Path
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.hub import file_sha256, fill_template, upload_folder_to_hub
 from geomim_hf.models.bevdet import GeoMIMBEVDetectionConfig
-from geomim_hf.models.bevdet.conversion_bevdet import (
-    DETECTOR_PRESETS,
-    DetectorConversionReport,
-    convert_detector_checkpoint,
-)
+from geomim_hf.models.bevdet.configuration_bevdet import PRESET_GEOMETRY
+from geomim_hf.models.bevdet.conversion_bevdet import DetectorConversionReport, convert_detector_checkpoint
 from geomim_hf.models.geomim.conversion_geomim import (
     CheckpointConversionError,
     load_checkpoint_file,
@@ -37,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (.pth, .pt or .safetensors)")
     parser.add_argument("--output_dir", type=Path, required=True, help="folder to write the converted model into")
-    parser.add_argument("--preset", choices=sorted(DETECTOR_PRESETS), default="bevdet4d-swinb-256x704",
+    parser.add_argument("--preset", choices=sorted(PRESET_GEOMETRY), default="bevdet4d-swinb-256x704",
                         help="what the weights cannot tell: grid, depth bins, image size, index truncation")
     parser.add_argument("--custom_encoder", action="store_true",
                         help="accept an encoder with the width of a released Swin but other depths or heads")
@@ -87,7 +84,7 @@ def render_card(config: GeoMIMBEVDetectionConfig, report: DetectorConversionRepo
     record = "\n".join([
         "## Conversion record", "",
         f"- Source file: `{checkpoint.name}` (SHA-256 `{file_sha256(checkpoint)}`)",
-        f"- Preset: `{preset}` ({DETECTOR_PRESETS[preset]})",
+        f"- Preset: `{preset}` ({PRESET_GEOMETRY[preset]})",
         "- Converter: `conversion/convert_bevdet_to_hf.py` (geomim_hf), strict load, report below", "",
         "```text", report.format(), "```",
     ])

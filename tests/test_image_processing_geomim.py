@@ -302,3 +302,49 @@ def test_bad_input_raises_a_clear_error(change, message):
 def test_bad_settings_raise_a_clear_error(setting, message):
     with pytest.raises(ValueError, match=message):
         GeoMIMImageProcessor(**setting)
+
+
+def full_resize_then_warp(image: Image.Image, augmentation: CameraAugmentation, output_size, resample):
+    """The plain pipeline: resize the whole image, then one affine warp (what augment_image must equal)."""
+    height, width = output_size
+    _, affine = augment_image(image.copy(), augmentation, output_size, resample)
+    scale = augmentation.resize * width / image.width
+    resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
+    # Rounded, so that float noise (a scale of 1 + 1e-13) does not make PIL interpolate where it should copy.
+    warp = np.round(affine @ np.diag([image.width / resized.width, image.height / resized.height, 1.0]), 9)
+    return resized.transform((width, height), Image.Transform.AFFINE, tuple(np.linalg.inv(warp)[:2].ravel()),
+                             resample)
+
+
+@pytest.mark.parametrize("augmentation", [
+    CameraAugmentation(resize=1.0, crop_position=0.5),
+    CameraAugmentation(resize=1.1, crop_position=0.2, bottom_crop=0.05, flip=True),
+    CameraAugmentation(resize=0.9, crop_position=0.7, flip=False, rotation_deg=3.0),
+    CameraAugmentation(resize=0.5, crop_position=0.0),  # smaller than the output: black borders
+])
+def test_cropped_resize_equals_the_full_resize_and_warp(augmentation):
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (200, 480, 3), dtype=np.uint8)).resize((960, 400))
+    fast, _ = augment_image(image, augmentation, (128, 352), PILImageResampling.BILINEAR)
+    plain = full_resize_then_warp(image, augmentation, (128, 352), PILImageResampling.BILINEAR)
+    difference = np.abs(np.asarray(fast, dtype=int) - np.asarray(plain, dtype=int))
+    # PIL rounds to 8 bits between its horizontal and vertical passes; a box moves that rounding here and there.
+    assert difference.max() <= 1 and difference.mean() < 0.01, (difference.max(), difference.mean())
+
+
+def test_jpeg_is_decoded_at_reduced_scale_where_the_affine_says(tmp_path):
+    """A 1600 x 900 JPEG resized to 704 wide decodes at 800 x 450; the dot still lands where the affine says."""
+    v, u = np.mgrid[0:900, 0:1600] + 0.5
+    centre = np.array([801.3, 500.6])
+    dot = np.exp(-((u - centre[0]) ** 2 + (v - centre[1]) ** 2) / (2 * 14.0**2))
+    path = tmp_path / "dot.jpg"
+    Image.fromarray(np.repeat(np.round(255 * dot).astype(np.uint8)[..., None], 3, axis=2)).save(path, quality=98)
+    image = Image.open(path)
+    augmentation = CameraAugmentation(resize=1.0, crop_position=0.5, bottom_crop=0.1, flip=True, rotation_deg=2.0)
+    output, affine = augment_image(image, augmentation, (256, 704), resample=PILImageResampling.BILINEAR)
+    assert image.size == (800, 450)  # the draft took effect
+    brightness = np.asarray(output)[..., 0].astype(float)
+    brightness[brightness < 3] = 0  # JPEG ringing
+    v_out, u_out = np.mgrid[0:256, 0:704] + 0.5
+    centroid = [(brightness * u_out).sum() / brightness.sum(), (brightness * v_out).sum() / brightness.sum()]
+    np.testing.assert_allclose(centroid, (affine @ [*centre, 1.0])[:2], atol=0.05)

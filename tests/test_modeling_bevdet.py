@@ -28,7 +28,8 @@ TINY_ENCODER = GeoMIMConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 
 def tiny_config(**overrides) -> GeoMIMBEVDetectionConfig:
     settings = dict(encoder_config=TINY_ENCODER, image_size=[64, 192], image_neck_channels=16, context_channels=8,
                     grid_x=[-25.6, 25.6, 0.8], grid_y=[-25.6, 25.6, 0.8], depth_bins=[1.0, 30.0, 1.0],
-                    bev_encoder_channels=[16, 32, 64], bev_neck_channels=16, head_channels=8)
+                    bev_encoder_channels=[16, 32, 64], bev_neck_channels=16, head_channels=8,
+                    task_head_channels=8)
     return GeoMIMBEVDetectionConfig(**(settings | overrides))
 
 

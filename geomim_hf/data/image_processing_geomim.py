@@ -23,6 +23,7 @@ works for any source size. The original configs give the factors for 1600-pixel-
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Sequence
 from typing import Literal
@@ -37,7 +38,7 @@ from transformers.processing_utils import ImagesKwargs
 
 from .bev_augmentation import augment_boxes, augment_points, sample_bev_augmentation
 
-ImageLike = Image.Image | np.ndarray | str | os.PathLike
+ImageLike = Image.Image | np.ndarray | str | os.PathLike | dict
 
 NUSCENES_IMAGE_WIDTH = 1600
 # PIL's affine warp supports only these three filters; the resize uses the same one.
@@ -80,23 +81,28 @@ def augment_image(
 ) -> tuple[Image.Image, np.ndarray]:
     """Apply ``augmentation`` to ``image`` and return the augmented image with its exact pixel transform.
 
-    The image is resized first, with PIL's antialiasing. Crop, flip and rotation follow as a single affine warp.
+    The result is that of resizing the whole image (with PIL's antialiasing) and then cropping, flipping and rotating
+    it, but computed with less work: only the part of the resized image that the output shows is resampled (PIL's
+    ``resize(box=...)`` gives those pixels exactly), a JPEG that is not decoded yet is decoded at a reduced scale (1/2,
+    1/4 or 1/8, by the DCT) when that is still at least the resized size, and the affine warp runs only when there is
+    a rotation; crops and flips are copies.
 
     Args:
-        image: the source image, any size.
+        image: the source image, any size and mode (converted to RGB).
         augmentation: what to apply.
         output_size: (H, W) of the output.
         resample: filter for the resize and for the warp.
 
     Returns:
-        The (H, W) output image, black where it samples outside the source, and the (3, 3) float64 homogeneous
+        The (H, W) RGB output image, black where it samples outside the source, and the (3, 3) float64 homogeneous
         matrix that sends source pixels to output pixels.
     """
     height, width = output_size
-    scale = augmentation.resize * width / image.width
-    resized_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    source_width, source_height = image.size
+    scale = augmentation.resize * width / source_width
+    resized_size = (max(1, round(source_width * scale)), max(1, round(source_height * scale)))
     # PIL maps the source rectangle exactly onto the resized one, so the rounding gives each axis its own scale.
-    resize = np.diag([resized_size[0] / image.width, resized_size[1] / image.height, 1.0])
+    resize = np.diag([resized_size[0] / source_width, resized_size[1] / source_height, 1.0])
     crop_left = int(augmentation.crop_position * max(0, resized_size[0] - width))
     crop_top = int((1.0 - augmentation.bottom_crop) * resized_size[1]) - height
     flip = np.array([[-1.0, 0.0, width], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) if augmentation.flip else np.eye(3)
@@ -106,10 +112,39 @@ def augment_image(
     centre = _translation(width / 2, height / 2)
     warp = centre @ rotation @ np.linalg.inv(centre) @ flip @ _translation(-crop_left, -crop_top)
 
-    resized = image.resize(resized_size, resample)
-    # For every output pixel, PIL's affine warp asks where to sample the input, i.e. it needs the inverse map.
-    inverse = tuple(np.linalg.inv(warp)[:2].ravel())
-    return resized.transform((width, height), Image.Transform.AFFINE, inverse, resample), warp @ resize
+    # The part of the resized image the output samples, with a margin for the filter, in whole resized pixels.
+    corners = np.linalg.inv(warp) @ np.array([[0, width, 0, width], [0, 0, height, height], [1, 1, 1, 1]])
+    margin = 0 if augmentation.rotation_deg == 0 else 3
+    left, top = (max(0, int(np.floor(corners[axis].min())) - margin) for axis in (0, 1))
+    right = min(resized_size[0], int(np.ceil(corners[0].max())) + margin)
+    bottom = min(resized_size[1], int(np.ceil(corners[1].max())) + margin)
+    output = Image.new("RGB", (width, height))
+    if right <= left or bottom <= top:
+        return output, warp @ resize
+
+    if image.format == "JPEG":
+        # A no-op once the file is decoded; otherwise the decoder shrinks by 2, 4 or 8 while staying >= resized_size.
+        image.draft("RGB", resized_size)
+    image = image.convert("RGB")
+    source = np.array([source_width, source_height], dtype=np.float64)
+    reduction = np.round(source / np.array(image.size))  # 1, or the DCT scaling: decoded pixel k = source [k r, k r + r)
+    to_decoded = source / reduction / np.array(resized_size)  # decoded pixels per resized pixel, per axis
+    box = (left * to_decoded[0], top * to_decoded[1], right * to_decoded[0], bottom * to_decoded[1])
+    patch = image.resize((right - left, bottom - top), resample, box=box)  # resized[top:bottom, left:right]
+
+    patch_to_output = warp @ _translation(left, top)
+    if augmentation.rotation_deg == 0:
+        if augmentation.flip:
+            patch = patch.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            left = round(patch_to_output[0, 2]) - patch.width
+        else:
+            left = round(patch_to_output[0, 2])
+        output.paste(patch, (left, round(patch_to_output[1, 2])))
+    else:
+        # For every output pixel, PIL's affine warp asks where to sample the input, i.e. it needs the inverse map.
+        inverse = tuple(np.linalg.inv(patch_to_output)[:2].ravel())
+        output = patch.transform((width, height), Image.Transform.AFFINE, inverse, resample)
+    return output, warp @ resize
 
 
 def camera_vector(
@@ -275,6 +310,21 @@ class GeoMIMImageProcessor(BaseImageProcessor):
         return sample_bev_augmentation(self.bev_rotation_range_deg, self.bev_scale_range, self.bev_flip_x_probability,
                                        self.bev_flip_y_probability, generator)
 
+    def sample_augmentations(
+        self, batch_size: int, num_cameras: int, augment: bool, generator: torch.Generator | None = None
+    ) -> tuple[list[list[CameraAugmentation]], torch.Tensor]:
+        """Every camera's image augmentation and every sample's BEV augmentation (B, 4, 4) for a batch: random ones
+        in the documented draw order (see :meth:`preprocess`) when ``augment``, the evaluation ones otherwise."""
+        cameras, bev = [], []
+        for _ in range(batch_size):
+            if augment:
+                cameras.append([self.sample_camera_augmentation(generator) for _ in range(num_cameras)])
+                bev.append(self.sample_bev_augmentation(generator))
+            else:
+                cameras.append([self.evaluation_augmentation()] * num_cameras)
+                bev.append(torch.eye(4))
+        return cameras, torch.stack(bev)
+
     def preprocess(
         self,
         images: Sequence[Sequence[ImageLike]] | Sequence[ImageLike],
@@ -285,6 +335,7 @@ class GeoMIMImageProcessor(BaseImageProcessor):
         *,
         augment: bool = False,
         generator: torch.Generator | None = None,
+        augmentations: tuple[Sequence[Sequence[CameraAugmentation]], torch.Tensor] | None = None,
     ) -> BatchFeature:
         """Augment (if ``augment``), normalise and batch the camera images of B samples.
 
@@ -304,6 +355,9 @@ class GeoMIMImageProcessor(BaseImageProcessor):
             generator: source of the random draws, for reproducible training augmentation. Samples draw in turn:
                 5 numbers per camera, in camera order, then 4 for the BEV augmentation. A batch therefore gets the
                 augmentations that its samples would get one after the other.
+            augmentations: the camera and BEV augmentations to apply, as :meth:`sample_augmentations` returns them,
+                instead of drawing them (``augment`` and ``generator`` are then not used): BEVDet4D applies the key
+                frame's to the previous frame.
 
         Returns:
             A :class:`BatchFeature` (float32 tensors) with:
@@ -330,18 +384,23 @@ class GeoMIMImageProcessor(BaseImageProcessor):
             if per_sample is not None and len(per_sample) != len(images):
                 raise ValueError(f"{name} has {len(per_sample)} samples but images has {len(images)}")
 
-        augmented_images, affines, bev_augmentations = [], [], []
+        batch, cameras = intrinsics.shape[:2]
+        if augmentations is None:
+            augmentations = self.sample_augmentations(batch, cameras, augment, generator)
+        camera_augmentations, bev_augmentation = augmentations
+        if len(camera_augmentations) != batch or any(len(sample) != cameras for sample in camera_augmentations) or \
+                tuple(bev_augmentation.shape) != (batch, 4, 4):
+            raise ValueError(f"augmentations must hold {batch} x {cameras} camera augmentations and a ({batch}, 4, 4) "
+                             f"BEV augmentation")
+        augmented_images, affines = [], []
         for sample_index, sample_images in enumerate(images):
             for camera_index, image in enumerate(sample_images):
-                augmentation = self.sample_camera_augmentation(generator) if augment else self.evaluation_augmentation()
                 source = _load_image(image, f"images[{sample_index}][{camera_index}]")
-                augmented, affine = augment_image(source, augmentation, self.output_size, self.resample)
+                augmented, affine = augment_image(source, camera_augmentations[sample_index][camera_index],
+                                                  self.output_size, self.resample)
                 augmented_images.append(tvF.pil_to_tensor(augmented))
                 affines.append(affine)
-            bev_augmentations.append(self.sample_bev_augmentation(generator) if augment else torch.eye(4))
 
-        batch, cameras = intrinsics.shape[:2]
-        bev_augmentation = torch.stack(bev_augmentations)
         affine = torch.tensor(np.stack(affines), dtype=torch.float32).view(batch, cameras, 3, 3)
         post_rot = affine.clone()
         post_rot[..., :2, 2] = 0.0
@@ -428,19 +487,25 @@ def _check_cameras(images: Sequence[Sequence[ImageLike]], intrinsics: torch.Tens
 
 
 def _load_image(image: ImageLike, name: str) -> Image.Image:
-    """An RGB PIL image from a PIL image, an (H, W, 3) uint8 array or a file path; ``name`` is for the errors."""
+    """A PIL image from a PIL image, an (H, W, 3) uint8 array, a file path, or a ``datasets`` image that was not
+    decoded (``{"path": ..., "bytes": ...}``); ``name`` is for the errors. Files are opened, not decoded, so that
+    :func:`augment_image` can decode a JPEG at reduced scale."""
     if image is None:
         raise ValueError(f"{name} is missing (None)")
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, dict) and {"path", "bytes"} >= set(image):
+        image = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
+        if image is None:
+            raise ValueError(f"{name} is an undecoded datasets image with neither bytes nor a path")
+    if isinstance(image, (str, os.PathLike, io.BytesIO)):
         image = Image.open(image)
     elif isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"{name} must be an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
         image = Image.fromarray(image)
     elif not isinstance(image, Image.Image):
-        raise TypeError(f"{name} must be a PIL image, an (H, W, 3) uint8 array or a file path, "
-                        f"got {type(image).__name__}")
-    return image.convert("RGB")
+        raise TypeError(f"{name} must be a PIL image, an (H, W, 3) uint8 array, a file path or an undecoded datasets "
+                        f"image, got {type(image).__name__}")
+    return image
 
 
 __all__ = [

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import datasets
@@ -52,6 +52,7 @@ NUSCENES_FEATURES = datasets.Features({
     "gt_names": datasets.List(datasets.Value("string")),
     "gt_attributes": datasets.List(datasets.Value("string")),
     "gt_num_lidar_pts": datasets.List(datasets.Value("int32")),
+    "gt_num_radar_pts": datasets.List(datasets.Value("int32")),
     "gt_instance_tokens": datasets.List(datasets.Value("string")),
 })
 
@@ -120,6 +121,19 @@ def scenes_of_split(dataroot: str | Path, version: str, split: str) -> list[str]
     return scenes
 
 
+def split_sample_tokens(dataroot: str | Path, version: str, split: str) -> list[str]:
+    """Tokens of every key-frame sample of ``split``, scene by scene in time order (the order the loader yields)."""
+    nusc = nuscenes_database(str(Path(dataroot).resolve()), version)
+    scene_by_name = {scene["name"]: scene for scene in nusc.scene}
+    tokens = []
+    for name in scenes_of_split(str(Path(dataroot).resolve()), version, split):
+        token = scene_by_name[name]["first_sample_token"]
+        while token:
+            tokens.append(token)
+            token = nusc.get("sample", token)["next"]
+    return tokens
+
+
 def load_nuscenes(
     dataroot: str | Path,
     version: str = "v1.0-trainval",
@@ -129,6 +143,8 @@ def load_nuscenes(
     previous_frames: int = 0,
     on_error: OnError = "raise",
     cache_dir: str | Path | None = None,
+    decode_images: bool = True,
+    scenes: Sequence[str] | None = None,
 ) -> datasets.IterableDataset | datasets.Dataset:
     """One example per key-frame sample of ``split``; see the module docstring for the fields.
 
@@ -139,6 +155,11 @@ def load_nuscenes(
             ``"skip"`` logs a warning, counts, and leaves the sample out.
         streaming: an ``IterableDataset`` that reads as it goes (one shard per scene); otherwise a ``Dataset``
             written to an Arrow cache in ``cache_dir`` (images stay paths into the dataroot).
+        decode_images: give images as PIL images (decoded at full size by ``datasets``); ``False`` gives
+            ``{"path", "bytes"}`` dicts that :class:`~geomim_hf.data.GeoMIMImageProcessor` decodes itself, at the
+            reduced JPEG scale its resize allows (what the training scripts use).
+        scenes: only these scenes of the split, in this order (a training script that assigns scenes to processes
+            itself, to know every process's sample count).
     """
     if num_sweeps < 1:
         raise ValueError(f"num_sweeps must be at least 1 (the key frame), got {num_sweeps}")
@@ -146,8 +167,17 @@ def load_nuscenes(
         raise ValueError(f"previous_frames must be >= 0, got {previous_frames}")
     BadSampleCounter(on_error)  # validates on_error before any work
     dataroot = str(Path(dataroot).resolve())
-    scenes = scenes_of_split(dataroot, version, split)
+    split_scenes = scenes_of_split(dataroot, version, split)
+    if scenes is not None:
+        unknown = sorted(set(scenes) - set(split_scenes))
+        if unknown or not scenes:
+            raise ValueError(f"scenes must be a non-empty subset of split {split!r}; not in it: {unknown}")
+    scenes = list(split_scenes if scenes is None else scenes)
     features = datasets.Features({**NUSCENES_FEATURES, **(PREVIOUS_FRAME_FEATURES if previous_frames else {})})
+    if not decode_images:
+        features["images"] = datasets.List(datasets.Image(decode=False))
+        if previous_frames:
+            features["previous_images"] = datasets.List(datasets.List(datasets.Image(decode=False)))
     # The scene list is the only list in gen_kwargs, so datasets makes one shard per scene.
     gen_kwargs = {"scenes": scenes, "dataroot": dataroot, "version": version, "num_sweeps": num_sweeps,
                   "previous_frames": previous_frames, "on_error": on_error}
@@ -178,16 +208,37 @@ def generate_examples(
                 continue
             example["scene_name"] = scene_name
             if previous_frames:
-                earlier = history[:previous_frames] or [example]
-                padded = earlier + [earlier[-1]] * (previous_frames - len(earlier))
-                example["previous_sample_tokens"] = [frame["sample_token"] for frame in padded]
-                example["previous_valid"] = [i < len(history) for i in range(previous_frames)]
-                example["previous_images"] = [frame["images"] for frame in padded]
-                example["previous_camera_ego_to_global"] = np.stack([f["camera_ego_to_global"] for f in padded])
-                example["previous_ego_to_global"] = np.stack([f["ego_to_global"] for f in padded])
+                example |= previous_fields(example, history, previous_frames)
                 history.insert(0, example)
                 del history[previous_frames:]
             yield example
+
+
+def previous_fields(example: dict, history: list[dict], previous_frames: int) -> dict:
+    """The previous-frame fields of ``example`` from the frames before it, most recent first (each with
+    ``sample_token``, ``images``, ``camera_ego_to_global`` and ``ego_to_global``); missing frames at the start of a
+    scene repeat the earliest one there is, the example itself at the first frame, and are marked not valid."""
+    earlier = history[:previous_frames] or [example]
+    padded = earlier + [earlier[-1]] * (previous_frames - len(earlier))
+    return {
+        "previous_sample_tokens": [frame["sample_token"] for frame in padded],
+        "previous_valid": [index < len(history) for index in range(previous_frames)],
+        "previous_images": [frame["images"] for frame in padded],
+        "previous_camera_ego_to_global": np.stack([frame["camera_ego_to_global"] for frame in padded]),
+        "previous_ego_to_global": np.stack([frame["ego_to_global"] for frame in padded]),
+    }
+
+
+def previous_frame_fields(nusc, sample: dict, previous_frames: int = 1) -> dict:
+    """The previous-frame fields of one sample read at random (what the loader's ``previous_frames`` adds when it
+    streams a scene), following the samples' ``prev`` links; only camera records and poses are read."""
+    current = {"sample_token": sample["token"], **camera_fields(nusc, sample), **lidar_pose(nusc, sample)}
+    history, token = [], sample["prev"]
+    while token and len(history) < previous_frames:
+        earlier = nusc.get("sample", token)
+        history.append({"sample_token": token, **camera_fields(nusc, earlier), **lidar_pose(nusc, earlier)})
+        token = earlier["prev"]
+    return previous_fields(current, history, previous_frames)
 
 
 def _transform(rotation: list[float], translation: list[float]) -> np.ndarray:
@@ -197,10 +248,9 @@ def _transform(rotation: list[float], translation: list[float]) -> np.ndarray:
     return matrix
 
 
-def sample_example(nusc, sample: dict, num_sweeps: int) -> dict:
-    """The example of one key-frame ``sample`` (without ``scene_name`` and the previous-frame fields)."""
-    from nuscenes.utils.data_classes import LidarPointCloud
-
+def camera_fields(nusc, sample: dict) -> dict:
+    """The camera part of an example: ``images`` (paths, checked), ``camera_intrinsics``, ``camera_to_ego`` and
+    ``camera_ego_to_global`` in ``CAMERA_CHANNELS`` order."""
     root = Path(nusc.dataroot)
     token = sample["token"]
     images, intrinsics, camera_to_ego, camera_ego_to_global = [], [], [], []
@@ -216,14 +266,36 @@ def sample_example(nusc, sample: dict, num_sweeps: int) -> dict:
         intrinsics.append(calibration["camera_intrinsic"])
         camera_to_ego.append(_transform(calibration["rotation"], calibration["translation"]))
         camera_ego_to_global.append(_transform(pose["rotation"], pose["translation"]))
+    return {
+        "images": images,
+        "camera_intrinsics": np.asarray(intrinsics, dtype=np.float32),
+        "camera_to_ego": np.asarray(camera_to_ego, dtype=np.float32),
+        "camera_ego_to_global": np.asarray(camera_ego_to_global),
+    }
 
+
+def lidar_pose(nusc, sample: dict) -> dict:
+    """``lidar_to_ego`` and ``ego_to_global`` (the ego pose of the LIDAR_TOP key frame) of a sample."""
     if LIDAR_CHANNEL not in sample["data"]:
-        raise DataError(token, LIDAR_CHANNEL, "sample has no LiDAR key frame")
+        raise DataError(sample["token"], LIDAR_CHANNEL, "sample has no LiDAR key frame")
+    record = nusc.get("sample_data", sample["data"][LIDAR_CHANNEL])
+    calibration = nusc.get("calibrated_sensor", record["calibrated_sensor_token"])
+    pose = nusc.get("ego_pose", record["ego_pose_token"])
+    return {"lidar_to_ego": _transform(calibration["rotation"], calibration["translation"]),
+            "ego_to_global": _transform(pose["rotation"], pose["translation"])}
+
+
+def sample_example(nusc, sample: dict, num_sweeps: int) -> dict:
+    """The example of one key-frame ``sample`` (without ``scene_name`` and the previous-frame fields)."""
+    from nuscenes.utils.data_classes import LidarPointCloud
+
+    root = Path(nusc.dataroot)
+    token = sample["token"]
+    cameras = camera_fields(nusc, sample)
+    poses = lidar_pose(nusc, sample)
+    lidar_to_ego, ego_to_global = poses["lidar_to_ego"], poses["ego_to_global"]
     lidar_record = nusc.get("sample_data", sample["data"][LIDAR_CHANNEL])
-    calibration = nusc.get("calibrated_sensor", lidar_record["calibrated_sensor_token"])
     pose = nusc.get("ego_pose", lidar_record["ego_pose_token"])
-    lidar_to_ego = _transform(calibration["rotation"], calibration["translation"])
-    ego_to_global = _transform(pose["rotation"], pose["translation"])
 
     sweep, record = 0, lidar_record
     while record is not None and sweep < num_sweeps:  # validate every file the devkit is about to read
@@ -241,7 +313,7 @@ def sample_example(nusc, sample: dict, num_sweeps: int) -> dict:
     xyz = cloud.points[:3].T @ lidar_to_ego[:3, :3].T + lidar_to_ego[:3, 3]
     points = np.concatenate([xyz, cloud.points[3:4].T, time_lag.T], axis=1).astype(np.float32)
 
-    boxes, names, attributes, num_points, instances = [], [], [], [], []
+    boxes, names, attributes, num_points, num_radar_points, instances = [], [], [], [], [], []
     ego_rotation_inverse = Quaternion(pose["rotation"]).inverse
     for box in nusc.get_boxes(lidar_record["token"]):
         name = CATEGORY_TO_DETECTION_CLASS.get(box.name)
@@ -257,16 +329,14 @@ def sample_example(nusc, sample: dict, num_sweeps: int) -> dict:
         names.append(name)
         attributes.append(attribute_names[0] if attribute_names else "")
         num_points.append(annotation["num_lidar_pts"])
+        num_radar_points.append(annotation["num_radar_pts"])
         instances.append(annotation["instance_token"])
 
     return {
         "sample_token": token,
         "scene_token": sample["scene_token"],
         "timestamp": sample["timestamp"],
-        "images": images,
-        "camera_intrinsics": np.asarray(intrinsics, dtype=np.float32),
-        "camera_to_ego": np.asarray(camera_to_ego, dtype=np.float32),
-        "camera_ego_to_global": np.asarray(camera_ego_to_global),
+        **cameras,
         "lidar_to_ego": lidar_to_ego.astype(np.float32),
         "ego_to_global": ego_to_global,
         "points": points,
@@ -274,6 +344,7 @@ def sample_example(nusc, sample: dict, num_sweeps: int) -> dict:
         "gt_names": names,
         "gt_attributes": attributes,
         "gt_num_lidar_pts": num_points,
+        "gt_num_radar_pts": num_radar_points,
         "gt_instance_tokens": instances,
     }
 

@@ -27,6 +27,7 @@ def patch_min_depth(
     post_rot: torch.Tensor | None = None,
     post_tran: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
+    depth_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Nearest depth among the camera-frame points that land in each patch of the augmented image.
 
@@ -41,6 +42,9 @@ def patch_min_depth(
         downsample: patch size, the feature stride; H and W must be multiples of it.
         post_rot, post_tran: image augmentation (see :mod:`.camera`), both or neither.
         valid: (B, N, P) bool, False for points to ignore (padding), or None.
+        depth_range: ``(min, max)``: only points at depths in ``[min, max)`` compete (BEVDet's
+            ``PointToMultiViewDepth`` keeps [1, 60)), so a patch whose nearest point is too near still gets the
+            nearest one in range; None: all points in front of the camera.
 
     Returns:
         (B, N, H / downsample, W / downsample) depth in metres, 0 where no point lands.
@@ -58,6 +62,8 @@ def patch_min_depth(
         pixels = apply_image_augmentation(pixels, post_rot, post_tran)
     u, v = pixels.unbind(dim=-1)
     lands = (depth > 0) & (u >= 0) & (u < width) & (v >= 0) & (v < height)  # NaN pixels compare False
+    if depth_range is not None:
+        lands = lands & (depth >= depth_range[0]) & (depth < depth_range[1])
     if valid is not None:
         check_shape("valid", valid, (batch, cameras, num_points), "(B, N, P)")
         lands = lands & valid
@@ -81,6 +87,7 @@ def lidar_depth_targets(
     post_tran: torch.Tensor | None = None,
     bev_augmentation: torch.Tensor | None = None,
     points_mask: torch.Tensor | None = None,
+    depth_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Nearest LiDAR depth per feature pixel of every camera: :func:`patch_min_depth` of ego-frame points.
 
@@ -94,6 +101,7 @@ def lidar_depth_targets(
         post_rot, post_tran: image augmentation, both or neither.
         bev_augmentation: (B, 3, 3) or (B, 4, 4), or None.
         points_mask: (B, P) bool, False for padding points, or None.
+        depth_range: see :func:`patch_min_depth`.
 
     Returns:
         (B, N, H / downsample, W / downsample) depth in metres, 0 where no point lands.
@@ -105,7 +113,7 @@ def lidar_depth_targets(
     if points_mask is not None:
         check_shape("points_mask", points_mask, points.shape[:2], "(B, P)")
         valid = points_mask[:, None].expand(points_camera.shape[:3])
-    return patch_min_depth(points_camera, intrinsics, image_size, downsample, post_rot, post_tran, valid)
+    return patch_min_depth(points_camera, intrinsics, image_size, downsample, post_rot, post_tran, valid, depth_range)
 
 
 def depth_bin_targets(patch_depth: torch.Tensor, grid: BEVGrid) -> torch.Tensor:

@@ -11,12 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..nuscenes_constants import CAMERA_CHANNELS, CATEGORY_TO_DETECTION_CLASS, DETECTION_CLASSES, LIDAR_CHANNEL
 from ..scannet_format import LABEL_FOLDERS, detect_layout
 
-_CLASS_COLORS = dict(zip(DETECTION_CLASSES, (
-    "#e41a1c", "#377eb8", "#ffd92f", "#4daf4a", "#a65628", "#999999", "#984ea3", "#17becf", "#f781bf", "#ff7f00",
-)))
 
 
 def find_nuscenes_version(dataroot: Path) -> str | None:
@@ -26,57 +22,18 @@ def find_nuscenes_version(dataroot: Path) -> str | None:
 
 
 def preview_nuscenes(dataroot: Path, out: Path, sample_index: int = 0) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from nuscenes import NuScenes
-    from nuscenes.utils.data_classes import LidarPointCloud
-    from PIL import Image
+
+    from ...visualization import draw_nuscenes_sample
 
     version = find_nuscenes_version(dataroot)
     nusc = NuScenes(version=version, dataroot=str(dataroot), verbose=False)
     if not 0 <= sample_index < len(nusc.sample):
         raise IndexError(f"sample index {sample_index} out of range: {dataroot} has {len(nusc.sample)} samples")
     sample = nusc.sample[sample_index]
-
-    figure = plt.figure(figsize=(24, 8), dpi=80)
-    grid = figure.add_gridspec(2, 4, width_ratios=[1, 1, 1, 1.1])
-    for index, channel in enumerate(CAMERA_CHANNELS):
-        axis = figure.add_subplot(grid[index // 3, index % 3])
-        path, boxes, intrinsics = nusc.get_sample_data(sample["data"][channel])
-        image = Image.open(path)
-        axis.imshow(image)
-        for box in boxes:
-            name = CATEGORY_TO_DETECTION_CLASS.get(box.name)
-            color = _CLASS_COLORS.get(name, "#ffffff")
-            box.render(axis, view=intrinsics, normalize=True, colors=(color, color, color), linewidth=1.2)
-        axis.set_xlim(0, image.width)
-        axis.set_ylim(image.height, 0)
-        axis.set_title(channel)
-        axis.axis("off")
-
-    axis = figure.add_subplot(grid[:, 3])
-    lidar_path, boxes, _ = nusc.get_sample_data(sample["data"][LIDAR_CHANNEL])
-    points = LidarPointCloud.from_file(lidar_path).points
-    distance = np.hypot(points[0], points[1])
-    axis.scatter(points[0], points[1], c=np.minimum(distance, 50.0), s=0.3, cmap="viridis")
-    for box in boxes:
-        name = CATEGORY_TO_DETECTION_CLASS.get(box.name)
-        color = _CLASS_COLORS.get(name, "#000000")
-        box.render(axis, view=np.eye(4), colors=(color, color, color), linewidth=1.5)
-    axis.plot(0, 0, "x", color="red")
-    axis.set_xlim(-55, 55)
-    axis.set_ylim(-55, 55)
-    axis.set_aspect("equal")
-    axis.set_title(f"{LIDAR_CHANNEL} (sensor frame), {points.shape[1]} points")
     scene_name = nusc.get("scene", sample["scene_token"])["name"]
-    figure.suptitle(f"{dataroot.name} / {version} / {scene_name} / sample {sample['token'][:8]}")
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out)
-    plt.close(figure)
-    return out
+    return draw_nuscenes_sample(nusc, sample["token"], out,
+                                title=f"{dataroot.name} / {version} / {scene_name} / sample {sample['token'][:8]}")
 
 
 def preview_scannet(root: Path, out: Path, frame_index: int = 0) -> Path:

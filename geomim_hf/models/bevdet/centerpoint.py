@@ -16,7 +16,6 @@ The size order (l, w, h) is that of BEVDet's boxes and of the released heads; bo
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from .configuration_bevdet import GeoMIMBEVDetectionConfig
 

@@ -61,7 +61,9 @@ class GeoMIMBEVDetectionConfig(PreTrainedConfig):
             Class names per CenterPoint task, concatenating to the label order of the model (one task of the ten
             nuScenes classes by default; `SIX_TASKS` is CenterPoint's split).
         head_channels (`int`, *optional*, defaults to 64):
-            Channels of the head's shared conv and of every separate head's hidden conv.
+            Channels of the head's shared conv (`share_conv_channel`).
+        task_head_channels (`int`, *optional*, defaults to 64):
+            Channels of every separate head's hidden conv (`head_conv`).
         head_final_kernel (`int`, *optional*, defaults to 3):
             Kernel of the separate heads' convolutions.
         heatmap_init_bias (`float`, *optional*, defaults to -2.19):
@@ -114,6 +116,7 @@ class GeoMIMBEVDetectionConfig(PreTrainedConfig):
     bev_neck_channels: int = 256
     tasks: list[list[str]] | tuple[tuple[str, ...], ...] = (DETECTION_CLASSES,)
     head_channels: int = 64
+    task_head_channels: int = 64
     head_final_kernel: int = 3
     heatmap_init_bias: float = -2.19
     gaussian_overlap: float = 0.1
@@ -203,4 +206,44 @@ class GeoMIMBEVDetectionConfig(PreTrainedConfig):
                              f"{self.post_center_range}")
 
 
-__all__ = ["GeoMIMBEVDetectionConfig", "SIX_TASKS"]
+# What a detector's weights cannot tell: geometry and image size (the converter's presets).
+PRESET_GEOMETRY: dict[str, dict] = {
+    # bevdet-swinb-4d-256x704-cbgs(-geomim).py: 0.8 m grid, 59 depth bins, BEVDet's .long() voxel indexing.
+    "bevdet4d-swinb-256x704": {"image_size": [256, 704], "feature_stride": 16, "grid_x": [-51.2, 51.2, 0.8],
+                               "grid_y": [-51.2, 51.2, 0.8], "grid_z": [-5.0, 3.0, 8.0],
+                               "depth_bins": [1.0, 60.0, 1.0], "legacy_voxel_truncation": True},
+    # Small enough to train on a CPU in minutes: 128 x 352 images, a 1.6 m grid, 2 m depth bins.
+    "tiny": {"image_size": [128, 352], "feature_stride": 16, "grid_x": [-51.2, 51.2, 1.6],
+             "grid_y": [-51.2, 51.2, 1.6], "grid_z": [-5.0, 3.0, 8.0], "depth_bins": [1.0, 61.0, 2.0],
+             "legacy_voxel_truncation": False},
+}
+
+DETECTION_PRESETS: dict[str, dict] = {
+    # GeoMIM's headline detector: BEVDet4D on GeoMIM Swin-B (stochastic depth 0.2 when finetuning).
+    "bevdet4d-swinb-256x704": {**PRESET_GEOMETRY["bevdet4d-swinb-256x704"], "encoder_config": {"drop_path_rate": 0.2}},
+    # A single-frame detector with a small Swin and BEVDepth-style depth supervision, for CPUs and tests.
+    "tiny": {
+        **PRESET_GEOMETRY["tiny"],
+        "encoder_config": {"embed_dim": 32, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 4, 8],
+                           "window_size": [8, 8, 8, 4]},
+        "image_neck_channels": 64, "context_channels": 32, "num_previous_frames": 0,
+        "bev_encoder_blocks": [1, 1, 1], "bev_encoder_channels": [32, 64, 128], "bev_neck_channels": 64,
+        "head_channels": 32, "task_head_channels": 32, "depth_loss_weight": 3.0,
+    },
+}
+
+
+def detection_config(preset: str, encoder_config: GeoMIMConfig | None = None, **overrides) -> GeoMIMBEVDetectionConfig:
+    """The configuration of a named preset (`DETECTION_PRESETS`), optionally on a given (pretrained) encoder's
+    configuration, which keeps its architecture and takes the preset's training settings (stochastic depth)."""
+    if preset not in DETECTION_PRESETS:
+        raise ValueError(f"unknown detection preset {preset!r}; known: {sorted(DETECTION_PRESETS)}")
+    settings = dict(DETECTION_PRESETS[preset])
+    encoder_settings = settings.pop("encoder_config")
+    if encoder_config is not None:
+        training_settings = {key: value for key, value in encoder_settings.items() if key == "drop_path_rate"}
+        encoder_settings = encoder_config.to_dict() | training_settings
+    return GeoMIMBEVDetectionConfig(encoder_config=GeoMIMConfig(**encoder_settings), **(settings | overrides))
+
+
+__all__ = ["DETECTION_PRESETS", "GeoMIMBEVDetectionConfig", "PRESET_GEOMETRY", "SIX_TASKS", "detection_config"]

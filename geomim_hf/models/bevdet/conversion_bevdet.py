@@ -3,7 +3,7 @@ layout) to [`GeoMIMForBEVDetection`]: the one place that knows the detector's fo
 
 The encoder (`img_backbone.`) goes through the Swin converter of `..geomim.conversion_geomim`; the rest through
 `KEY_RULES` below. Shapes give the widths, the temporal setting and the task layout; what shapes cannot tell (BEV
-grid, depth bins, image size, index truncation, decoding) comes from a preset (`DETECTOR_PRESETS`). Loading is strict:
+grid, depth bins, image size, index truncation, decoding) comes from a preset (`PRESET_GEOMETRY`). Loading is strict:
 an unknown, missing or mis-shaped key is an error that names it.
 """
 
@@ -22,7 +22,7 @@ from ..geomim.conversion_geomim import (
     convert_state_dict,
     unwrap_state_dict,
 )
-from .configuration_bevdet import SIX_TASKS, GeoMIMBEVDetectionConfig
+from .configuration_bevdet import PRESET_GEOMETRY, SIX_TASKS, GeoMIMBEVDetectionConfig
 from .modeling_bevdet import GeoMIMForBEVDetection
 
 ENCODER_PREFIX = "img_backbone."
@@ -72,13 +72,6 @@ KEY_RULES: tuple[tuple[str, str], ...] = (
 # Tensors that the original derives from its configuration and that the model rebuilds.
 DERIVED = (r"img_view_transformer\.frustum",)
 
-# What a detector file cannot tell from its shapes. Each preset names the released configs it reproduces.
-DETECTOR_PRESETS: dict[str, dict] = {
-    # bevdet-swinb-4d-256x704-cbgs(-geomim).py: BEVDet4D, 0.8 m grid, 59 depth bins, BEVDet's .long() truncation.
-    "bevdet4d-swinb-256x704": {"image_size": [256, 704], "feature_stride": 16, "grid_x": [-51.2, 51.2, 0.8],
-                               "grid_y": [-51.2, 51.2, 0.8], "grid_z": [-5.0, 3.0, 8.0],
-                               "depth_bins": [1.0, 60.0, 1.0], "legacy_voxel_truncation": True},
-}
 # CenterPoint's 6-task test settings (BEVDet's stereo configs): circle NMS for barriers, per-class Scale-NMS.
 SIX_TASK_DECODING = {
     "nms_types": ["rotate", "rotate", "rotate", "circle", "rotate", "rotate"],
@@ -180,6 +173,7 @@ def infer_detector_config(
         bev_neck_channels=_shape(state_dict, "bev_neck.up_projection.weight")[0],
         tasks=tasks,
         head_channels=_shape(state_dict, "head.shared_conv.conv.weight")[0],
+        task_head_channels=head_weight[1],
         head_final_kernel=head_weight[-1],
         **decoding,
         **preset,
@@ -187,18 +181,20 @@ def infer_detector_config(
 
 
 def convert_detector_state_dict(
-    checkpoint: Mapping[str, object], preset: str = "bevdet4d-swinb-256x704",
+    checkpoint: Mapping[str, object], preset: str | Mapping[str, object] = "bevdet4d-swinb-256x704",
     check_encoder: Callable | None = None,
 ) -> tuple[GeoMIMBEVDetectionConfig, dict[str, torch.Tensor], DetectorConversionReport]:
     """Converts a released BEVDet / BEVDet4D checkpoint (any container: `state_dict`, EMA files, raw) to the keys and
-    config of [`GeoMIMForBEVDetection`].
+    config of [`GeoMIMForBEVDetection`]. `preset` names one of `PRESET_GEOMETRY` or gives such settings directly.
 
     The encoder's window shift follows the encoder converter's rule: GeoMIM's encoder (with an absolute position
     embedding) never shifts, the ImageNet baseline's `SwinTransformerOri` (without one) does. `check_encoder` is
     called with the encoder's config before anything else is converted (the script checks the Swin size there).
     """
-    if preset not in DETECTOR_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {sorted(DETECTOR_PRESETS)}")
+    if isinstance(preset, str):
+        if preset not in PRESET_GEOMETRY:
+            raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESET_GEOMETRY)}")
+        preset = PRESET_GEOMETRY[preset]
     state_dict = unwrap_state_dict(checkpoint)
     if not any(key.startswith(HEAD_PREFIX) for key in state_dict) or not any(
             key.startswith(ENCODER_PREFIX) for key in state_dict):
@@ -213,12 +209,13 @@ def convert_detector_state_dict(
     detector_state = map_detector_keys(
         {key: value for key, value in state_dict.items() if not key.startswith(ENCODER_PREFIX)}, report)
     converted = {f"geomim.{key}": value for key, value in encoder_state.items()} | detector_state
-    config = infer_detector_config(converted, encoder_config, DETECTOR_PRESETS[preset])
+    config = infer_detector_config(converted, encoder_config, preset)
     return config, converted, report
 
 
 def convert_detector_checkpoint(
-    checkpoint: Mapping[str, object], preset: str = "bevdet4d-swinb-256x704", check_encoder: Callable | None = None,
+    checkpoint: Mapping[str, object], preset: str | Mapping[str, object] = "bevdet4d-swinb-256x704",
+    check_encoder: Callable | None = None,
 ) -> tuple[GeoMIMForBEVDetection, DetectorConversionReport]:
     """Converts a detector checkpoint (see [`convert_detector_state_dict`]) and loads it strictly."""
     config, state_dict, report = convert_detector_state_dict(checkpoint, preset, check_encoder)
@@ -228,5 +225,5 @@ def convert_detector_checkpoint(
     return model.eval(), report
 
 
-__all__ = ["DETECTOR_PRESETS", "DetectorConversionReport", "convert_detector_checkpoint",
+__all__ = ["DetectorConversionReport", "convert_detector_checkpoint",
            "convert_detector_state_dict", "infer_detector_config"]

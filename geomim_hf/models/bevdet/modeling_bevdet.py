@@ -180,14 +180,14 @@ class GeoMIMCenterPointTaskHead(nn.Module):
 
     def __init__(self, config: GeoMIMBEVDetectionConfig, num_classes: int):
         super().__init__()
-        channels = config.head_channels
+        hidden = config.task_head_channels
         kernel = config.head_final_kernel
         self.outputs = nn.ModuleDict()
         for name, out_channels in {**HEAD_OUTPUTS, "heatmap": num_classes}.items():
             final_conv = GeoMIMHeatmapClassifier if name == "heatmap" else nn.Conv2d
             self.outputs[name] = nn.Sequential(
-                ConvNormActivation(channels, channels, kernel),
-                final_conv(channels, out_channels, kernel, padding=kernel // 2),
+                ConvNormActivation(config.head_channels, hidden, kernel),
+                final_conv(hidden, out_channels, kernel, padding=kernel // 2),
             )
 
     def forward(self, hidden_states: torch.Tensor) -> dict[str, torch.Tensor]:

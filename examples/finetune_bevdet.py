@@ -1,0 +1,359 @@
+"""Finetune a BEV 3D detector (`GeoMIMForBEVDetection`) on nuScenes and evaluate it with the official devkit.
+
+    accelerate launch examples/finetune_bevdet.py --dataroot data/nuscenes --version v1.0-trainval \
+        --train_split train --eval_split val --model_name_or_path geomim/swin-base \
+        --config_name bevdet4d-swinb-256x704 --output_dir bevdet4d-geomim
+
+Follows transformers' `no_trainer` examples: one `Accelerator` (processes, devices and mixed precision come from
+`accelerate launch`), a progress bar on the main process, `save_state` / `load_state` checkpoints in
+`OUTPUT_DIR/step_N` or `epoch_N`, and at the end `OUTPUT_DIR/metrics.json`, `OUTPUT_DIR/results_nusc.json` (the
+submission), the model (`save_pretrained`, safetensors), its image processor and a model card.
+
+`--model_name_or_path` is a `GeoMIMModel` encoder (a pretrained GeoMIM or Swin: the detector is built around it from
+`--config_name`), a `GeoMIMForBEVDetection` (finetuned further as it is), or nothing (random initialisation).
+`--config_name` is a preset of `geomim_hf.models.bevdet.DETECTION_PRESETS` or a config.json. Every training argument
+that is not given takes the preset's value (`TRAINING_PRESETS`): the headline preset trains with the original
+schedule; `tiny` trains a few synthetic scenes on a CPU in minutes.
+
+Data: each process streams its own scenes of the split (whole scenes, assigned round robin), shuffled per epoch, with
+class-balanced repetition (CBGS) if asked. Every process knows every process's sample count from the devkit's tables,
+so all take the same number of steps per epoch without talking to each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from geomim_hf import GeoMIMForBEVDetection, GeoMIMImageProcessor, GeoMIMModel, training
+from geomim_hf.data.cbgs import copies_this_epoch, expected_copies, sample_classes
+from geomim_hf.data.collate import NuScenesCollator
+from geomim_hf.data.image_processing_geomim import nuscenes_resize
+from geomim_hf.data.nuscenes import load_nuscenes, nuscenes_database, scenes_of_split
+from geomim_hf.evaluation import evaluate_detector, format_metrics, model_inputs
+from geomim_hf.hub import write_model_card
+from geomim_hf.models.bevdet import DETECTION_PRESETS, GeoMIMBEVDetectionConfig, detection_config
+
+logger = logging.getLogger(__name__)
+MODEL_CARD = Path(__file__).resolve().parent.parent / "model_cards" / "geomim-bevdet-finetuned.md"
+
+# Training defaults per preset; any argument given on the command line wins.
+TRAINING_PRESETS = {
+    # bevdet-swinb-4d-256x704-cbgs-geomim.py: AdamW 2e-4, wd 0.05, layer decay 0.8, 200 warm-up steps, clip 5,
+    # 20 epochs of CBGS at 4 samples per GPU, EMA, previous frame zeroed for the first 2 epochs.
+    "bevdet4d-swinb-256x704": {
+        "learning_rate": 2e-4, "weight_decay": 0.05, "layer_decay": 0.8, "lr_scheduler_type": "constant_with_warmup",
+        "num_warmup_steps": 200, "max_grad_norm": 5.0, "num_train_epochs": 20, "per_device_train_batch_size": 4,
+        "ema": True, "cbgs": True, "previous_frame_start_epoch": 2, "num_sweeps": 1, "augment": True,
+        "dataloader_num_workers": 4, "eval_every_epochs": 2,
+    },
+    # Overfits a few synthetic scenes into a useful detector within minutes on 2 CPU cores.
+    "tiny": {
+        "learning_rate": 2e-3, "weight_decay": 0.01, "layer_decay": 1.0, "lr_scheduler_type": "cosine",
+        "num_warmup_steps": 20, "max_grad_norm": 5.0, "num_train_epochs": 30, "per_device_train_batch_size": 2,
+        "ema": False, "cbgs": False, "previous_frame_start_epoch": 0, "num_sweeps": 1, "augment": False,
+        "dataloader_num_workers": 1, "eval_every_epochs": 0,
+    },
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataroot", type=Path, required=True, help="nuScenes dataroot (official v1.0 layout)")
+    data.add_argument("--version", default="v1.0-trainval")
+    data.add_argument("--train_split", default="train", help="devkit split or a key of <version>/splits.json")
+    data.add_argument("--eval_split", default="val", help="split evaluated with the devkit ('none' to skip)")
+    data.add_argument("--num_sweeps", type=int, default=None, help="LiDAR sweeps loaded (for depth targets)")
+    data.add_argument("--cbgs", action=argparse.BooleanOptionalAction, default=None,
+                      help="class-balanced grouping and sampling")
+    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                      help="image and BEV augmentation in training")
+    data.add_argument("--shuffle_buffer_size", type=int, default=256)
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", default=None,
+                       help="a GeoMIMModel encoder or a GeoMIMForBEVDetection (folder or Hub id); none: random init")
+    model.add_argument("--config_name", default="tiny",
+                       help=f"a detection preset ({', '.join(DETECTION_PRESETS)}) or a config.json")
+    model.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None,
+                       help="network input size (multiples of 32); default: the preset's")
+    model.add_argument("--layer_decay", type=float, default=None, help="layer-wise learning-rate decay of the encoder")
+    model.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                       help="keep, evaluate and save an exponential moving average of the weights")
+    model.add_argument("--previous_frame_start_epoch", type=int, default=None,
+                       help="BEVDet4D: zero the previous frame's BEV before this epoch")
+    model.add_argument("--eval_every_epochs", type=int, default=None, help="also evaluate every N epochs (0: end)")
+    training.add_training_arguments(parser)
+    # Training arguments not given on the command line take the preset's values: parse once to find the preset.
+    preset_name = parser.parse_known_args(argv)[0].config_name
+    parser.set_defaults(**TRAINING_PRESETS.get(preset_name, TRAINING_PRESETS["tiny"]))
+    args = parser.parse_args(argv)
+    training.check_training_arguments(parser, args)
+    if not args.dataroot.is_dir():
+        parser.error(f"--dataroot {args.dataroot} is not a folder")
+    if args.config_name not in DETECTION_PRESETS and not Path(args.config_name).is_file():
+        parser.error(f"--config_name {args.config_name!r} is neither a preset ({', '.join(DETECTION_PRESETS)}) nor a "
+                     f"config file")
+    return args
+
+
+def load_model(args: argparse.Namespace) -> tuple[GeoMIMForBEVDetection, GeoMIMImageProcessor]:
+    """The detector and its image processor, from `--model_name_or_path` and `--config_name`."""
+    overrides = {"image_size": list(args.image_size)} if args.image_size else {}
+    preset = args.config_name if args.config_name in DETECTION_PRESETS else None
+    source_type = None
+    if args.model_name_or_path:
+        source_type = transformers.AutoConfig.from_pretrained(args.model_name_or_path).model_type
+    if source_type == GeoMIMBEVDetectionConfig.model_type:
+        model = GeoMIMForBEVDetection.from_pretrained(args.model_name_or_path, **overrides)
+    else:
+        encoder = GeoMIMModel.from_pretrained(args.model_name_or_path) if source_type == "geomim" else None
+        if source_type not in (None, "geomim"):
+            raise ValueError(f"--model_name_or_path {args.model_name_or_path} is a {source_type!r} model, neither a "
+                             f"GeoMIMModel encoder nor a GeoMIMForBEVDetection")
+        if preset is not None:
+            config = detection_config(preset, None if encoder is None else encoder.config, **overrides)
+        else:
+            config = GeoMIMBEVDetectionConfig.from_json_file(args.config_name)
+            config.update(overrides)
+        model = GeoMIMForBEVDetection(config)
+        if encoder is not None:
+            model.geomim.load_state_dict(encoder.state_dict(), strict=True)
+    try:
+        processor = GeoMIMImageProcessor.from_pretrained(args.model_name_or_path)
+    except (OSError, TypeError, ValueError):  # no preprocessor_config.json there: the preset's pipeline
+        processor = detection_processor(preset or "tiny", model.config.image_size)
+    processor.size = {"height": model.config.image_size[0], "width": model.config.image_size[1]}
+    return model, processor
+
+
+def detection_processor(preset: str, image_size: list[int]) -> GeoMIMImageProcessor:
+    """The image pipeline of a preset: BEVDet's (with its BGR quirk) for the headline preset, a milder RGB one with
+    a 1:1 resize of the full width for `tiny`."""
+    size = {"height": image_size[0], "width": image_size[1]}
+    if preset == "tiny":
+        return GeoMIMImageProcessor(size=size, resize_range=(0.94, 1.06), test_resize=1.0, flip_probability=0.5,
+                                    rotation_range_deg=(-5.4, 5.4), bev_rotation_range_deg=(-22.5, 22.5),
+                                    bev_scale_range=(0.95, 1.05))
+    return GeoMIMImageProcessor.bevdet_finetuning(size=size, test_resize=nuscenes_resize(0.44, image_size[1]))
+
+
+def swin_layer_id(name: str, depths: list[int]) -> int:
+    """BEVDet's `LayerDecayOptimizerConstructor` ids: patch embedding and position embedding 0, block j of stage i
+    `sum(depths[:i]) + j + 1`, the merging after stage i the id of the next stage's first block, everything else
+    (output norms, neck, view transform, BEV encoder, head) `sum(depths) + 1`."""
+    parts = name.split(".")
+    if parts[:2] == ["geomim", "embeddings"]:
+        return 0
+    if parts[:3] == ["geomim", "encoder", "layers"]:
+        stage = int(parts[3])
+        if parts[4] == "blocks":
+            return sum(depths[:stage]) + int(parts[5]) + 1
+        return sum(depths[: stage + 1]) + 1
+    return sum(depths) + 1
+
+
+class ScenesOfProcess:
+    """The training samples of one process: its scenes, its copies per sample and epoch, its batch count."""
+
+    def __init__(self, args: argparse.Namespace, rank: int, world_size: int):
+        dataroot = str(args.dataroot.resolve())
+        nusc = nuscenes_database(dataroot, args.version)
+        scenes = scenes_of_split(dataroot, args.version, args.train_split)
+        if len(scenes) < world_size:
+            raise ValueError(f"split {args.train_split!r} has {len(scenes)} scenes for {world_size} processes: every "
+                             f"process needs at least one")
+        scene_by_name = {scene["name"]: scene for scene in nusc.scene}
+        self.tokens_per_scene = {}
+        for name in scenes:
+            tokens, token = [], scene_by_name[name]["first_sample_token"]
+            while token:
+                tokens.append(token)
+                token = nusc.get("sample", token)["next"]
+            self.tokens_per_scene[name] = tokens
+        self.assignment = [scenes[index::world_size] for index in range(world_size)]
+        self.scenes = self.assignment[rank]
+        self.expected = expected_copies(sample_classes(dataroot, args.version, args.train_split)) if args.cbgs \
+            else None
+        self.args = args
+
+    def copies(self, token: str, epoch: int) -> int:
+        return 1 if self.expected is None else copies_this_epoch(self.expected[token], self.args.seed, epoch, token)
+
+    def batches_per_epoch(self) -> int:
+        """The batches every process takes per epoch: what the process with the fewest samples surely has (with CBGS,
+        the copies rounded down), so that no process runs out early and all take the same number of steps."""
+        def surely(token: str) -> int:
+            return 1 if self.expected is None else math.floor(self.expected[token])
+        counts = [sum(surely(token) for scene in scenes for token in self.tokens_per_scene[scene])
+                  for scenes in self.assignment]
+        return min(counts) // self.args.per_device_train_batch_size
+
+    def dataset(self, epoch: int, previous_frames: int):
+        dataset = load_nuscenes(self.args.dataroot, self.args.version, self.args.train_split,
+                                num_sweeps=self.args.num_sweeps, previous_frames=previous_frames,
+                                decode_images=False, scenes=self.scenes)
+        if self.expected is not None:
+            def repeat(examples: dict) -> dict:
+                copies = [self.copies(token, epoch) for token in examples["sample_token"]]
+                return {key: [value for value, count in zip(values, copies) for _ in range(count)]
+                        for key, values in examples.items()}
+            dataset = dataset.map(repeat, batched=True, batch_size=1)
+        dataset = dataset.shuffle(seed=self.args.seed, buffer_size=self.args.shuffle_buffer_size)
+        dataset.set_epoch(epoch)
+        return dataset
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    accelerator = training.make_accelerator(args, project_name="finetune_bevdet")
+    output_dir = training.prepare_output_dir(args)
+    model, processor = load_model(args)
+    config = model.config
+    logger.info(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
+
+    depths = config.encoder_config.depths
+    layer_id = (lambda name: swin_layer_id(name, depths)) if args.layer_decay != 1.0 else None
+    groups = training.parameter_groups(model, args.learning_rate, args.weight_decay, layer_id=layer_id,
+                                       num_layers=sum(depths) + 2, layer_decay=args.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+
+    samples = ScenesOfProcess(args, accelerator.process_index, accelerator.num_processes)
+    batches_per_epoch = samples.batches_per_epoch()
+    steps_per_epoch, max_train_steps, num_epochs = training.training_steps(args, batches_per_epoch)
+    scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
+                                           num_training_steps=max_train_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ema = None
+    if args.ema:
+        # BEVDet's MEGVII EMA hook starts its counter at 10560 updates, i.e. at decay ~0.994.
+        ema = training.ExponentialMovingAverage(accelerator.unwrap_model(model),
+                                                decay=training.megvii_ema_decay, updates=10560)
+        accelerator.register_for_checkpointing(ema)
+    resumed = training.resume(accelerator, args, batches_per_epoch)
+
+    collate = NuScenesCollator(processor, augment=args.augment, depth_downsample=config.feature_stride
+                               if config.depth_loss_weight > 0 else None, depth_range=tuple(config.depth_bins[:2]),
+                               previous_frames=config.num_previous_frames)
+    progress = tqdm(range(max_train_steps), initial=resumed.completed_steps, disable=not accelerator.is_main_process,
+                    desc="finetuning")
+    completed_steps = resumed.completed_steps
+    running = {}
+    model.train()
+    for epoch in range(resumed.starting_epoch, num_epochs):
+        collate.seed = args.seed * 1_000_003 + epoch  # augmentation: a function of the seed, epoch and samples
+        loader = DataLoader(samples.dataset(epoch, config.num_previous_frames), collate_fn=collate,
+                            batch_size=args.per_device_train_batch_size, num_workers=args.dataloader_num_workers)
+        skip = resumed.batches_to_skip if epoch == resumed.starting_epoch else 0
+        zero_previous = epoch < args.previous_frame_start_epoch
+        for index, batch in enumerate(training.iterate_batches(loader, skip), start=skip):
+            if index >= batches_per_epoch or completed_steps >= max_train_steps:
+                break
+            with accelerator.accumulate(model):
+                outputs = model(**model_inputs(batch, accelerator.device), zero_previous_frame=zero_previous)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            for name in ("loss", "loss_heatmap", "loss_bbox", "loss_depth"):
+                if getattr(outputs, name) is not None:
+                    running.setdefault(name, []).append(getattr(outputs, name).detach().float().item())
+            if not accelerator.sync_gradients:
+                continue
+            completed_steps += 1
+            progress.update(1)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model))
+            if completed_steps % args.logging_steps == 0:
+                logs = {name: sum(values) / len(values) for name, values in running.items()}
+                logs["lr"] = scheduler.get_last_lr()[0]
+                progress.set_postfix(loss=f"{logs['loss']:.3f}")
+                logger.info(f"step {completed_steps}: " + ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
+                if args.with_tracking:
+                    accelerator.log(logs, step=completed_steps)
+                running = {}
+            training.maybe_save_checkpoint(accelerator, args, completed_steps, epoch, end_of_epoch=False)
+        training.maybe_save_checkpoint(accelerator, args, completed_steps, epoch, end_of_epoch=True)
+        last_epoch = epoch == num_epochs - 1 or completed_steps >= max_train_steps
+        if args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0 and not last_epoch \
+                and args.eval_split != "none":
+            with ema_weights(ema, model, accelerator):
+                metrics = evaluate(model, processor, args, accelerator, output_dir / f"eval_epoch_{epoch}")
+            if args.with_tracking and accelerator.is_main_process:
+                accelerator.log({f"eval/{key}": value for key, value in metrics.items()}, step=completed_steps)
+        if completed_steps >= max_train_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    final = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.copy_to(final)
+    metrics = {}
+    if args.eval_split != "none":
+        metrics = evaluate(model, processor, args, accelerator, output_dir)
+    if accelerator.is_main_process:
+        final.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        metrics_record = {**metrics, "eval_split": args.eval_split, "train_split": args.train_split,
+                          "steps": completed_steps}
+        training.save_metrics(output_dir, metrics_record)
+        write_model_card(output_dir, MODEL_CARD, card_fields(args, final, metrics, completed_steps))
+        training.push_output_dir(args, output_dir, commit_message=f"Finetuned {args.config_name} detector")
+    accelerator.end_training()
+
+
+def evaluate(model, processor, args, accelerator, output_dir: Path) -> dict[str, float]:
+    metrics = evaluate_detector(model, processor, args.dataroot, args.version, args.eval_split, output_dir,
+                                batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers,
+                                accelerator=accelerator)
+    if metrics:
+        print(format_metrics(metrics))
+    return metrics
+
+
+@contextlib.contextmanager
+def ema_weights(ema, model, accelerator):
+    """Evaluates with the EMA weights (if any), then puts the training weights back."""
+    if ema is None:
+        yield
+        return
+    unwrapped = accelerator.unwrap_model(model)
+    saved = {name: value.detach().clone() for name, value in unwrapped.state_dict().items()}
+    ema.copy_to(unwrapped)
+    try:
+        yield
+    finally:
+        unwrapped.load_state_dict(saved)
+
+
+def card_fields(args, model, metrics, steps) -> dict:
+    per_class = "\n".join(f"| {key.removeprefix('AP_')} | {value:.4f} |" for key, value in metrics.items()
+                          if key.startswith("AP_"))
+    return {
+        "model_id": args.hub_model_id or str(args.output_dir),
+        "config_name": args.config_name,
+        "initialisation": args.model_name_or_path or "random",
+        "data": f"{args.version} `{args.train_split}` split of `{args.dataroot}`",
+        "eval_split": args.eval_split,
+        "mAP": f"{metrics['mAP']:.4f}" if metrics else "not evaluated",
+        "NDS": f"{metrics['NDS']:.4f}" if metrics else "not evaluated",
+        "per_class_ap": per_class or "| (not evaluated) | |",
+        "steps": steps,
+        "command": " ".join(["accelerate", "launch", *sys.argv]) if sys.argv else "",
+        "parameters": f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M",
+    }
+
+
+if __name__ == "__main__":
+    main()
