@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
-import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import datasets
 import torch
 import transformers
 from accelerate.logging import get_logger
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+# TODO(training.py): ScenesOfProcess (each process's scenes, CBGS copies and common batch count) belongs in the package;
+# it is imported from the sibling script until it moves there.
+from finetune_bevdet import ScenesOfProcess
 from geomim_hf import GeoMIMForPretraining, GeoMIMModel, GeoMIMPretrainingConfig, training
-from geomim_hf.data import GeoMIMImageProcessor, load_nuscenes, split_by_node
-from geomim_hf.data.nuscenes import nuscenes_database, scenes_of_split
-from geomim_hf.data.nuscenes_constants import CATEGORY_TO_DETECTION_CLASS, DETECTION_CLASSES
+from geomim_hf.data import GeoMIMImageProcessor
 from geomim_hf.data.pretraining_collate import PretrainingCollator
 from geomim_hf.models.geomim.modeling_geomim_pretraining import bev_cosine_similarity
 from geomim_hf.models.lidar_teacher import (
@@ -80,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="class-balanced grouping and sampling (CBGS), as the original pretraining")
     data.add_argument("--no_augmentation", action="store_true",
                       help="no image augmentation and no BEV flip (the original augments both)")
-    data.add_argument("--shuffle_buffer_size", type=int, default=64, help="streaming shuffle buffer, in samples")
+    data.add_argument("--shuffle_buffer_size", type=int, default=256, help="streaming shuffle buffer, in samples")
     model = parser.add_argument_group("model")
     model.add_argument("--config_name", default="base",
                        help="a preset (base, large, tiny) or a GeoMIMPretrainingConfig folder / Hub id")
@@ -179,82 +178,6 @@ def check_teacher_shape(teacher_config: GeoMIMLidarTeacherConfig, config: GeoMIM
                          f"reconstructs {expected}: pick a teacher and a --config_name that agree")
 
 
-def cbgs_copies(dataroot: Path, version: str, split: str, seed: int) -> dict[str, int]:
-    """How often each sample of ``split`` appears per epoch under class-balanced grouping and sampling (CBGS).
-
-    mmdet3d's ``CBGSDataset`` draws, for each class ``c`` found in ``n_c`` samples, ``n_c * r_c`` samples with
-    replacement among them, ``r_c = (1 / K) / (n_c / sum_k n_k)``, once, before training. A sample therefore comes
-    ``sum of r_c over its classes`` times on average. Streaming cannot draw indices, so each sample is repeated that
-    many times, the fraction rounded up or down at random (seeded by ``seed``): the same expectation, and like CBGS
-    the same copies in every epoch. Samples without an annotated box with LiDAR points are left out, as in CBGS.
-    """
-    # TODO(training.py): the same sampler serves examples/finetune_bevdet.py.
-    nusc = nuscenes_database(str(Path(dataroot).resolve()), version)
-    scenes = set(scenes_of_split(dataroot, version, split))
-    sample_classes: dict[str, set[str]] = {}
-    for sample in nusc.sample:
-        if nusc.get("scene", sample["scene_token"])["name"] not in scenes:
-            continue
-        classes = set()
-        for annotation_token in sample["anns"]:
-            annotation = nusc.get("sample_annotation", annotation_token)
-            name = CATEGORY_TO_DETECTION_CLASS.get(annotation["category_name"])
-            if name is not None and annotation["num_lidar_pts"] > 0:  # mmdet3d's use_valid_flag
-                classes.add(name)
-        sample_classes[sample["token"]] = classes
-    class_samples = {name: sum(name in classes for classes in sample_classes.values()) for name in DETECTION_CLASSES}
-    present = {name: count for name, count in class_samples.items() if count}
-    total = sum(present.values())
-    ratio = {name: (1.0 / len(present)) / (count / total) for name, count in present.items()}
-    generator = random.Random(seed)
-    copies = {}
-    for token in sorted(sample_classes):
-        expected = sum(ratio[name] for name in sample_classes[token])
-        copies[token] = math.floor(expected) + (generator.random() < expected - math.floor(expected))
-    return copies
-
-
-def training_dataset(args: argparse.Namespace, rank: int, world_size: int) -> tuple[datasets.IterableDataset, int]:
-    """This process's streaming training set (shuffled, with CBGS repeats if asked) and the split's sample count."""
-    dataset = load_nuscenes(args.dataroot, args.version, args.train_split, num_sweeps=args.num_sweeps)
-    if args.cbgs:
-        copies = cbgs_copies(args.dataroot, args.version, args.train_split, args.seed)
-
-        def repeat(examples: dict) -> dict:
-            # batched with batch_size 1: one example in, its copies out
-            return {key: values * copies[examples["sample_token"][0]] for key, values in examples.items()}
-
-        dataset = dataset.map(repeat, batched=True, batch_size=1)
-        num_samples = sum(copies.values())
-    else:
-        nusc = nuscenes_database(str(Path(args.dataroot).resolve()), args.version)
-        scenes = set(scenes_of_split(args.dataroot, args.version, args.train_split))
-        num_samples = sum(scene["nbr_samples"] for scene in nusc.scene if scene["name"] in scenes)
-    dataset = dataset.shuffle(seed=args.seed, buffer_size=args.shuffle_buffer_size)
-    return split_by_node(dataset, rank, world_size), num_samples
-
-
-def synchronized(batches: Iterable, accelerator, limit: int) -> Iterator[tuple[dict, bool]]:
-    """``(batch, is_last)`` for at most ``limit`` batches, stopping every process as soon as one runs out: whole-scene
-    shards can leave processes with different sample counts, and a process that stopped early would leave the others
-    waiting in the gradient all-reduce. One batch is read ahead so that the last one is known."""
-    # TODO(training.py): every streaming trainer needs this.
-    iterator = iter(batches)
-
-    def next_for_all() -> dict | None:
-        batch = next(iterator, None)
-        available = torch.tensor([batch is not None], device=accelerator.device)
-        return batch if bool(accelerator.gather(available).all()) else None
-
-    batch = next_for_all() if limit > 0 else None
-    for index in range(limit):
-        if batch is None:
-            return
-        following = next_for_all() if index + 1 < limit else None
-        yield batch, following is None
-        batch = following
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     accelerator = training.make_accelerator(args, project_name="geomim_pretraining")
@@ -269,14 +192,15 @@ def main(argv: list[str] | None = None) -> dict:
     collate = PretrainingCollator(processor, augment=not args.no_augmentation, depth_downsample=config.feature_stride)
     teacher_targets, teacher_description = build_teacher_targets(args, config, accelerator.device)
 
-    dataset, num_samples = training_dataset(args, accelerator.process_index, accelerator.num_processes)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.per_device_train_batch_size, collate_fn=collate,
-                                         num_workers=args.dataloader_num_workers)
-    batches_per_epoch = num_samples // (accelerator.num_processes * args.per_device_train_batch_size)
+    samples = ScenesOfProcess(args, accelerator.process_index, accelerator.num_processes)
+    batches_per_epoch = samples.batches_per_epoch()
     steps_per_epoch, max_train_steps, num_train_epochs = training.training_steps(args, batches_per_epoch)
+    samples_per_epoch = batches_per_epoch * args.per_device_train_batch_size * accelerator.num_processes
 
-    optimizer = torch.optim.AdamW(training.parameter_groups(model, args.learning_rate, args.weight_decay),
-                                  lr=args.learning_rate)
+    # num_layers=1: one layer id, no layer-wise decay in pretraining.
+    optimizer = torch.optim.AdamW(
+        training.parameter_groups(model, args.learning_rate, args.weight_decay, num_layers=1), lr=args.learning_rate
+    )
     scheduler_type = "cosine_with_min_lr" if args.lr_scheduler_type == "cosine" else args.lr_scheduler_type
     # accelerate steps a prepared scheduler once per process at every optimiser step, hence the factors (as in
     # transformers' no_trainer examples).
@@ -287,11 +211,11 @@ def main(argv: list[str] | None = None) -> dict:
         num_training_steps=max_train_steps * accelerator.num_processes,
         scheduler_specific_kwargs={"min_lr_rate": MIN_LR_RATE} if scheduler_type == "cosine_with_min_lr" else None,
     )
-    # The loader is not prepared: each process already streams its own scenes (split_by_node).
+    # The loader is not prepared: each process streams its own scenes (ScenesOfProcess).
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = training.resume(accelerator, args, batches_per_epoch)
 
-    logger.info(f"{num_samples} training samples per epoch, {steps_per_epoch} steps per epoch, {max_train_steps} "
+    logger.info(f"{samples_per_epoch} training samples per epoch, {steps_per_epoch} steps per epoch, {max_train_steps} "
                 f"steps, {accelerator.num_processes} process(es) x {args.per_device_train_batch_size} samples x "
                 f"{args.gradient_accumulation_steps} accumulation; teacher: {teacher_description}")
     progress = tqdm(range(max_train_steps), initial=state.completed_steps, disable=not accelerator.is_local_main_process)
@@ -300,12 +224,15 @@ def main(argv: list[str] | None = None) -> dict:
     logs: dict[str, float] = {}
     for epoch in range(state.starting_epoch, num_train_epochs):
         model.train()
-        dataset.set_epoch(epoch)
+        collate.seed = args.seed * 1_000_003 + epoch  # augmentation: a function of the seed, the epoch and the samples
+        loader = DataLoader(samples.dataset(epoch, previous_frames=0), collate_fn=collate,
+                            batch_size=args.per_device_train_batch_size, num_workers=args.dataloader_num_workers)
         skip = state.batches_to_skip if epoch == state.starting_epoch else 0
-        epoch_batches = synchronized(training.iterate_batches(loader, skip), accelerator, batches_per_epoch - skip)
-        for index, (batch, last_of_epoch) in enumerate(epoch_batches):
+        for index, batch in enumerate(training.iterate_batches(loader, skip), start=skip):
+            if index >= batches_per_epoch:
+                break
             # Accumulation restarts with every epoch, whose last step may take fewer batches (see training.resume).
-            sync = last_of_epoch or (index + 1) % args.gradient_accumulation_steps == 0
+            sync = index + 1 == batches_per_epoch or (index + 1) % args.gradient_accumulation_steps == 0
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 outputs = model(**{key: batch[key].to(accelerator.device) for key in MODEL_INPUTS},
                                 teacher_features=teacher_targets(batch))
@@ -323,7 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
             optimizer.zero_grad()
             completed_steps += 1
             progress.update(1)
-            if completed_steps % args.logging_steps == 0 or completed_steps == max_train_steps or last_of_epoch:
+            if completed_steps % args.logging_steps == 0 or completed_steps == max_train_steps or \
+                    index + 1 == batches_per_epoch:
                 logs = {f"train/{name}": sum(values) / len(values) for name, values in window.items()}
                 logs["train/learning_rate"] = scheduler.get_last_lr()[0]
                 window = {}
@@ -342,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.wait_for_everyone()
     # The means over the last logging window (the last --logging_steps steps).
     metrics = {name.removeprefix("train/"): value for name, value in logs.items()}
-    metrics.update(steps=completed_steps, samples_per_epoch=num_samples)
+    metrics.update(steps=completed_steps, samples_per_epoch=samples_per_epoch)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(output_dir / "pretraining")
