@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import sys
@@ -228,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
 
     samples = ScenesOfProcess(args, accelerator.process_index, accelerator.num_processes)
+    print(f"process {accelerator.process_index}: training scenes: {json.dumps(samples.scenes)}", flush=True)
     batches_per_epoch = samples.batches_per_epoch()
     steps_per_epoch, max_train_steps, num_epochs = training.training_steps(args, batches_per_epoch)
     scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
@@ -299,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     final = accelerator.unwrap_model(model)
     if ema is not None:
         ema.copy_to(final)
+    # Every process holds the same weights after the last synchronised step; a digest makes that checkable.
+    print(f"process {accelerator.process_index}: final weights sha256 {weights_digest(final)}", flush=True)
     metrics = {}
     if args.eval_split != "none":
         metrics = evaluate(model, processor, args, accelerator, output_dir)
@@ -320,6 +325,15 @@ def evaluate(model, processor, args, accelerator, output_dir: Path) -> dict[str,
     if metrics:
         print(format_metrics(metrics))
     return metrics
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every tensor of the model's state dict, in key order."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""Model-ready nuScenes batches: shapes, the key-frame camera geometry, depth targets against a per-point loop, and
-the lift-splat chain on real loader output."""
+"""Model-ready nuScenes batches: shapes, the key-frame camera geometry, depth targets against a per-point loop, boxes
+without sensor points left out of the targets, and the lift-splat chain on real loader output. The frames themselves are
+checked against the devkit's tables in test_frames_devkit.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from geomim_hf.data.bev_augmentation import augment_boxes
 from geomim_hf.data.collate import NuScenesCollator, camera_to_key_ego
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.data.nuscenes import load_nuscenes
+from geomim_hf.data.nuscenes_constants import DETECTION_CLASSES
 from geomim_hf.geometry import (
     BEVGrid,
     BEVPoolIndex,
@@ -72,6 +74,27 @@ def test_batch_layout_and_augmented_boxes(examples):
     # The cameras fire at their own times: the key-frame extrinsics differ from the per-camera ones by ego motion.
     moved = np.abs(camera_to_key_ego(examples[1])[:, :3, 3] - np.asarray(examples[1]["camera_to_ego"])[:, :3, 3])
     assert moved.max() > 0.01
+
+
+def test_boxes_that_no_lidar_or_radar_point_hits_are_dropped(examples):
+    """BEVDet's ``valid_flag``: a box leaves the targets only when neither LiDAR nor radar points hit it."""
+    example = dict(examples[1])
+    lidar, radar = list(example["gt_num_lidar_pts"]), list(example["gt_num_radar_pts"])
+    lidar[2], radar[2] = 0, 0  # nothing hits box 2
+    lidar[4], radar[4] = 0, 3  # only radar hits box 4: kept
+    example["gt_num_lidar_pts"], example["gt_num_radar_pts"] = lidar, radar
+    boxes = np.asarray(example["gt_boxes"])
+    keep = np.ones(len(boxes), dtype=bool)
+    keep[2] = False
+
+    for drop, kept in ((True, keep), (False, np.ones_like(keep))):
+        batch = NuScenesCollator(_processor(), drop_boxes_without_points=drop, depth_downsample=None)([example])
+        labels = batch["gt_labels"][0]
+        real = labels >= 0
+        assert int(real.sum()) == int(kept.sum())
+        np.testing.assert_allclose(batch["gt_boxes"][0][real].numpy(), boxes[kept], rtol=0, atol=1e-6)
+        assert [DETECTION_CLASSES[label] for label in labels[real]] == [
+            name for name, k in zip(example["gt_names"], kept) if k]
 
 
 # Fine enough that a lifted patch lies within one cell of its LiDAR point: 4-pixel patches, 0.25 m depth bins.
