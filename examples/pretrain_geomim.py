@@ -225,8 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(state.starting_epoch, num_train_epochs):
         model.train()
         collate.seed = args.seed * 1_000_003 + epoch  # augmentation: a function of the seed, the epoch and the samples
+        # Its own generator: a loader draws a seed when it starts, which must not move the global random state that
+        # a resumed run restores (it draws the masks).
         loader = DataLoader(samples.dataset(epoch, previous_frames=0), collate_fn=collate,
-                            batch_size=args.per_device_train_batch_size, num_workers=args.dataloader_num_workers)
+                            batch_size=args.per_device_train_batch_size, num_workers=args.dataloader_num_workers,
+                            generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
         skip = state.batches_to_skip if epoch == state.starting_epoch else 0
         for index, batch in enumerate(training.iterate_batches(loader, skip), start=skip):
             if index >= batches_per_epoch:

@@ -1,0 +1,114 @@
+"""examples/pretrain_geomim.py: a tiny run on synthetic scenes exports an encoder that loads, with its card and metrics;
+a resumed run ends with the same weights as an uninterrupted one; the Hub upload sends the encoder folder; bad
+arguments fail early with a message."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForPreTraining
+
+from geomim_hf import GeoMIMForPretraining, GeoMIMModel
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def script():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        yield importlib.import_module("pretrain_geomim")
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def arguments(nuscenes_root, nuscenes_spec, output_dir, *extra: str) -> list[str]:
+    return ["--dataroot", str(nuscenes_root), "--version", nuscenes_spec.version, "--train_split", "mini_train",
+            "--config_name", "tiny", "--random_teacher_seed", "0", "--num_sweeps", "1", "--output_dir",
+            str(output_dir), "--max_train_steps", "2", "--logging_steps", "1", *extra]
+
+
+def encoder_state(path: Path) -> dict[str, torch.Tensor]:
+    return GeoMIMModel.from_pretrained(path).state_dict()
+
+
+@pytest.fixture(scope="module")
+def finished_run(script, nuscenes_root, nuscenes_spec, tmp_path_factory):
+    """Two steps with a checkpoint after each and a (mocked) Hub upload; returns the output folder and the upload."""
+    output_dir = tmp_path_factory.mktemp("pretrain") / "run"
+    uploads = []
+
+    def upload(repo_id, folder, commit_message, token=None, ignore_patterns=()):
+        uploads.append({"repo_id": repo_id, "files": sorted(p.name for p in Path(folder).iterdir()),
+                        "ignore": list(ignore_patterns)})
+        return "https://huggingface.co/mock/commit"
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr("geomim_hf.training.upload_folder_to_hub", upload)
+    try:
+        metrics = script.main(arguments(nuscenes_root, nuscenes_spec, output_dir, "--checkpointing_steps", "1",
+                                        "--push_to_hub", "--hub_model_id", "someone/geomim-tiny"))
+    finally:
+        monkeypatch.undo()
+    return output_dir, metrics, uploads
+
+
+def test_a_tiny_run_exports_an_encoder_with_its_card_and_metrics(finished_run):
+    output_dir, metrics, _ = finished_run
+    encoder, info = GeoMIMModel.from_pretrained(output_dir / "encoder", output_loading_info=True)
+    assert not any(info.values()), info
+    pretraining = AutoModelForPreTraining.from_pretrained(output_dir / "pretraining")
+    assert isinstance(pretraining, GeoMIMForPretraining)
+    for key, value in pretraining.geomim.state_dict().items():
+        assert torch.equal(value, encoder.state_dict()[key]), key
+
+    recorded = json.loads((output_dir / "metrics.json").read_text())
+    assert recorded == pytest.approx(metrics)
+    assert recorded["steps"] == 2 and recorded["samples_per_epoch"] == 4
+    assert 0 < recorded["reconstruction_loss"] < 2 and -1 <= recorded["reconstruction_cosine"] <= 1
+    card = (output_dir / "encoder" / "README.md").read_text()
+    assert "someone/geomim-tiny" in card and f"| {recorded['loss']:.4f} |" in card and "{{" not in card
+    assert "randomly initialised SparseEncoder" in card and "pretrain_geomim" in card
+    assert (output_dir / "step_1").is_dir() and (output_dir / "step_2").is_dir()
+
+
+def test_push_to_hub_uploads_the_encoder_folder(finished_run):
+    _, _, uploads = finished_run
+    assert len(uploads) == 1 and uploads[0]["repo_id"] == "someone/geomim-tiny"
+    assert uploads[0]["files"] == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+
+
+def test_a_resumed_run_ends_where_the_uninterrupted_run_ends(script, finished_run, nuscenes_root, nuscenes_spec,
+                                                             tmp_path):
+    output_dir, _, _ = finished_run
+    script.main(arguments(nuscenes_root, nuscenes_spec, tmp_path / "resumed", "--resume_from_checkpoint",
+                          str(output_dir / "step_1")))
+    uninterrupted, resumed = encoder_state(output_dir / "encoder"), encoder_state(tmp_path / "resumed" / "encoder")
+    for key, value in uninterrupted.items():
+        assert torch.equal(value, resumed[key]), key
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--teacher_name_or_path", "somewhere"], "exactly one teacher"),
+        (["--random_teacher_grid", "small_grid", "--encoder_name_or_path", "x", "--model_name_or_path", "y"],
+         "drop --encoder_name_or_path"),
+    ],
+)
+def test_conflicting_arguments_are_refused(script, nuscenes_root, nuscenes_spec, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        script.parse_args(arguments(nuscenes_root, nuscenes_spec, tmp_path, *extra))
+    assert message in capsys.readouterr().err
+
+
+def test_a_teacher_that_does_not_fit_the_model_is_refused(script, nuscenes_root, nuscenes_spec, tmp_path):
+    with pytest.raises(ValueError, match=r"teacher's BEV map is \(256, 180, 180\).*reconstructs \(128, 45, 45\)"):
+        script.main(arguments(nuscenes_root, nuscenes_spec, tmp_path, "--random_teacher_grid", "default"))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        script.main(arguments(nuscenes_root, nuscenes_spec, tmp_path, "--image_size", "120", "352"))
