@@ -107,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     training.check_training_arguments(parser, args)
+    if not args.dataroot.is_dir():
+        parser.error(f"--dataroot {args.dataroot} is not a folder")
     sources = [args.teacher_cache, args.teacher_name_or_path, args.random_teacher_seed]
     if sum(source is not None for source in sources) != 1:
         parser.error("give exactly one teacher: --teacher_cache, --teacher_name_or_path or --random_teacher_seed")

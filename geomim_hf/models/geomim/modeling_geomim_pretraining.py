@@ -236,7 +236,6 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
     teacher's BEV features as the target, then keep the encoder with [`~GeoMIMForPretraining.save_encoder`]."""
 
     config: GeoMIMPretrainingConfig
-    _keys_to_ignore_on_load_unexpected = [r"relative_position_index"]
 
     def __init__(self, config: GeoMIMPretrainingConfig):
         super().__init__(config)
