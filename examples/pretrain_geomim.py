@@ -32,8 +32,10 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate.logging import get_logger
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers.utils import cached_file
 
 # TODO(training.py): ScenesOfProcess (each process's scenes, CBGS copies and common batch count) belongs in the package;
 # it is imported from the sibling script until it moves there.
@@ -60,6 +62,8 @@ SCHEDULES = {
     "tiny": {"learning_rate": 2e-3, "num_warmup_steps": 5, "num_train_epochs": 20,
              "per_device_train_batch_size": 2, "image_size": [128, 352]},
 }
+# Written next to the encoder by conversion/convert_mixmim_to_geomim.py: MixMIM's decoder, under MixMIM's names.
+MIXMIM_DECODER_FILE = "decoder_init.safetensors"
 MODEL_INPUTS = ("pixel_values", "camera_intrinsics", "camera_to_lidar", "camera_vector", "post_rot", "post_tran",
                 "lidar_augmentation", "depth_targets")
 # The original anneals to 1e-3 of the peak learning rate (mmcv's CosineAnnealing with min_lr_ratio 1e-3).
@@ -86,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model_name_or_path", default=None,
                        help="a GeoMIMForPretraining to start from (a MixMIM-initialised model, an earlier run)")
     model.add_argument("--encoder_name_or_path", default=None,
-                       help="a GeoMIMModel whose weights (and architecture) start the encoder")
+                       help="a GeoMIMModel whose weights (and architecture) start the encoder; with a MixMIM "
+                            "conversion's decoder_init.safetensors next to it, MixMIM's decoder starts the decoder")
     teacher = parser.add_argument_group("teacher (exactly one)")
     teacher.add_argument("--teacher_cache", type=Path, default=None,
                          help="BEV targets precomputed by examples/precompute_teacher_targets.py")
@@ -135,6 +140,12 @@ def build_model(args: argparse.Namespace) -> GeoMIMForPretraining:
     config.encoder_config = encoder.config
     model = GeoMIMForPretraining(config)
     model.geomim.load_state_dict(encoder.state_dict(), strict=True)
+    # A MixMIM conversion (conversion/convert_mixmim_to_geomim.py) also hands over MixMIM's decoder, which starts ours.
+    decoder_file = cached_file(args.encoder_name_or_path, MIXMIM_DECODER_FILE,
+                               _raise_exceptions_for_missing_entries=False)
+    if decoder_file is not None:
+        loaded = model.load_mixmim_decoder(load_file(decoder_file))
+        logger.info(f"decoder initialised from MixMIM's ({len(loaded)} tensors of {decoder_file})")
     return model
 
 

@@ -372,6 +372,40 @@ def test_save_reload_is_bitwise_and_the_encoder_exports_as_geomim_model(tmp_path
                                    model.geomim(batch["pixel_values"]).feature_maps[1], rtol=0, atol=0)
 
 
+def mixmim_decoder(source: GeoMIMForPretraining) -> dict[str, torch.Tensor]:
+    """A MixMIM checkpoint's decoder as MixMIM names and lays it out: the source model's decoder tensors, the position
+    table as (1, 49, C) rows in row-major (row, column) order, plus the tensors GeoMIM does not use."""
+    state = source.state_dict()
+    decoder = {key: value.clone() for key, value in state.items() if key == "mask_token"
+               or key.startswith(("decoder_blocks.", "decoder_norm."))}
+    grid = state["decoder_pos_embed"]
+    decoder["decoder_pos_embed"] = torch.stack([grid[0, :, row, column] for row in range(7) for column in range(7)])[None]
+    decoder["decoder_embed.weight"], decoder["decoder_pred.bias"] = torch.randn(32, 256), torch.randn(3072)
+    return decoder
+
+
+def test_the_decoder_starts_from_mixmim_names_and_layout():
+    source = tiny_model(seed=1)
+    with torch.no_grad():
+        source.decoder_pos_embed.normal_()
+    decoder = mixmim_decoder(source)
+    model = tiny_model(seed=2)
+    loaded = model.load_mixmim_decoder(decoder)
+    assert "decoder_pos_embed" in loaded and "decoder_embed.weight" not in loaded and len(loaded) == len(decoder) - 2
+    for key in loaded:
+        assert torch.equal(model.state_dict()[key], source.state_dict()[key]), key
+    assert not torch.equal(model.decoder_embed_new.weight, source.decoder_embed_new.weight)
+
+    with pytest.raises(KeyError, match="'decoder_head.weight' is not a MixMIM decoder tensor"):
+        model.load_mixmim_decoder({**decoder, "decoder_head.weight": torch.zeros(1)})
+    with pytest.raises(KeyError, match="lacks 1 tensors"):
+        model.load_mixmim_decoder({k: v for k, v in decoder.items() if k != "mask_token"})
+    with pytest.raises(ValueError, match="a \\(1, 49, 32\\) table was expected"):
+        model.load_mixmim_decoder({**decoder, "decoder_pos_embed": torch.zeros(1, 36, 32)})
+    with pytest.raises(ValueError, match="decoder_norm.weight has shape \\(16,\\)"):
+        model.load_mixmim_decoder({**decoder, "decoder_norm.weight": torch.zeros(16)})
+
+
 def test_cosine_similarity_is_per_sample_and_group():
     target = torch.randn(3, 4, 9, 9)
     reconstruction = torch.stack([2 * target, -target], dim=1)
@@ -381,40 +415,56 @@ def test_cosine_similarity_is_per_sample_and_group():
 # ---------------------------------------------------------------------------------------------------- learning
 
 
-@pytest.mark.slow
-def test_tiny_preset_learns_to_reconstruct_the_teacher_on_synthetic_scenes(nuscenes_root, nuscenes_spec):
-    from geomim_hf.data import GeoMIMImageProcessor, NuScenesCollator, load_nuscenes
+@pytest.fixture
+def one_thread():
+    """The learning test runs single-threaded: on a shared two-core machine two threads per op are slower, and one
+    makes the numbers reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-    torch.manual_seed(0)
-    height, width = nuscenes_spec.image_size[1], nuscenes_spec.image_size[0]
-    processor = GeoMIMImageProcessor.geomim_pretraining(size={"height": height, "width": width})
-    collate = NuScenesCollator(processor, augment=False)
-    examples = list(load_nuscenes(nuscenes_root, nuscenes_spec.version, "mini_train", num_sweeps=1))
-    batches = [collate(examples[index : index + 2]) for index in range(0, len(examples), 2)]
-    # TODO(teacher): interim fixed random target until the LiDAR teacher and the LiDAR-frame collator are on main.
-    target = torch.randn(1, 128, 45, 45)
+
+@pytest.mark.slow
+def test_tiny_preset_learns_to_reconstruct_the_teacher_on_synthetic_scenes(nuscenes_root, nuscenes_spec, one_thread):
+    """Four synthetic key frames in the LiDAR frame, targets from a seeded random LiDAR teacher (untrained, its
+    features still encode the occupied geometry): within 40 steps the loss falls and the reconstructions turn toward
+    the targets (cosine similarity from about 0 to well above it), measured on the training samples with fixed masks."""
+    from geomim_hf.data import GeoMIMImageProcessor, load_nuscenes
+    from geomim_hf.data.pretraining_collate import PretrainingCollator
+    from geomim_hf.models.lidar_teacher import GeoMIMLidarTeacherConfig, random_lidar_teacher
+
+    width, height = nuscenes_spec.image_size
+    collate = PretrainingCollator(GeoMIMImageProcessor.geomim_pretraining(size={"height": height, "width": width}))
+    examples = list(load_nuscenes(nuscenes_root, nuscenes_spec.version, "mini_train", num_sweeps=2))
+    teacher = random_lidar_teacher(GeoMIMLidarTeacherConfig.small_grid(), seed=0)
+    batches = []
+    for start in range(0, len(examples), 2):
+        batch = collate(examples[start : start + 2])
+        with torch.no_grad():
+            target = teacher(batch["points"], batch["points_mask"]).bev_features
+        batches.append({**{key: batch[key] for key in ("pixel_values", "camera_intrinsics", "camera_to_lidar",
+                                                        "camera_vector", "post_rot", "post_tran",
+                                                        "lidar_augmentation", "depth_targets")},
+                        "teacher_features": target})
     model = tiny_model()
-    inputs = [dict(pixel_values=b["pixel_values"], camera_intrinsics=b["camera_intrinsics"],
-                   camera_to_lidar=b["camera_to_ego"], camera_vector=b["camera_vector"], post_rot=b["post_rot"],
-                   post_tran=b["post_tran"], lidar_augmentation=b["bev_augmentation"], depth_targets=b["depth_targets"],
-                   teacher_features=target.expand(len(b["pixel_values"]), -1, -1, -1)) for b in batches]
-    noise = torch.rand(len(inputs), 4 * 11, generator=torch.Generator().manual_seed(1))
+    masks = torch.rand(len(batches), 4 * 11, generator=torch.Generator().manual_seed(1))
 
     def evaluate() -> tuple[float, float]:
         with torch.no_grad():
-            outputs = [model(**batch_inputs, noise=batch_noise) for batch_inputs, batch_noise in zip(inputs, noise)]
-        loss = sum(o.reconstruction_loss.item() for o in outputs) / len(outputs)
+            outputs = [model(**batch, noise=noise) for batch, noise in zip(batches, masks)]
+        loss = sum(output.loss.item() for output in outputs) / len(outputs)
         cosine = torch.cat([bev_cosine_similarity(o.reconstruction, o.normalized_target) for o in outputs]).mean()
         return loss, cosine.item()
 
     initial_loss, initial_cosine = evaluate()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    for step in range(60):
-        loss = model(**inputs[step % len(inputs)]).loss
+    for step in range(40):
+        loss = model(**batches[step % len(batches)]).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     final_loss, final_cosine = evaluate()
-    print(f"reconstruction loss {initial_loss:.3f} -> {final_loss:.3f}, cosine {initial_cosine:.3f} -> {final_cosine:.3f}")
-    assert final_loss < 0.7 * initial_loss
-    assert final_cosine > initial_cosine + 0.3
+    print(f"loss {initial_loss:.3f} -> {final_loss:.3f}, cosine {initial_cosine:.3f} -> {final_cosine:.3f}")
+    assert final_loss < 0.75 * initial_loss
+    assert abs(initial_cosine) < 0.1 and final_cosine > initial_cosine + 0.4

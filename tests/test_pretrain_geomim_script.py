@@ -112,3 +112,19 @@ def test_a_teacher_that_does_not_fit_the_model_is_refused(script, nuscenes_root,
         script.main(arguments(nuscenes_root, nuscenes_spec, tmp_path, "--random_teacher_grid", "default"))
     with pytest.raises(ValueError, match="multiples of 32"):
         script.main(arguments(nuscenes_root, nuscenes_spec, tmp_path, "--image_size", "120", "352"))
+
+
+def test_the_encoder_and_a_mixmim_decoder_start_the_model(script, nuscenes_root, nuscenes_spec, tmp_path):
+    from safetensors.torch import save_file
+    from test_modeling_geomim_pretraining import mixmim_decoder, tiny_model
+
+    source = tiny_model(seed=5)
+    source.save_encoder(tmp_path / "init")
+    save_file(mixmim_decoder(source), tmp_path / "init" / script.MIXMIM_DECODER_FILE)
+    args = script.parse_args(arguments(nuscenes_root, nuscenes_spec, tmp_path / "run", "--encoder_name_or_path",
+                                       str(tmp_path / "init")))
+    model = script.build_model(args)
+    for key, value in source.state_dict().items():
+        if key.startswith(("geomim.", "mask_token", "decoder_pos_embed", "decoder_blocks.", "decoder_norm.")):
+            assert torch.equal(model.state_dict()[key], value), key
+    assert not torch.equal(model.prediction_head.weight, source.prediction_head.weight)
