@@ -130,9 +130,13 @@ def load_model(args: argparse.Namespace) -> tuple[GeoMIMForBEVDetection, GeoMIMI
         model = GeoMIMForBEVDetection(config)
         if encoder is not None:
             model.geomim.load_state_dict(encoder.state_dict(), strict=True)
-    try:
-        processor = GeoMIMImageProcessor.from_pretrained(args.model_name_or_path)
-    except (OSError, TypeError, ValueError):  # no preprocessor_config.json there: the preset's pipeline
+    processor = None
+    if args.model_name_or_path:
+        try:
+            processor = GeoMIMImageProcessor.from_pretrained(args.model_name_or_path)
+        except OSError:  # an encoder saved without preprocessor_config.json
+            processor = None
+    if processor is None:
         processor = detection_processor(preset or "tiny", model.config.image_size)
     processor.size = {"height": model.config.image_size[0], "width": model.config.image_size[1]}
     return model, processor

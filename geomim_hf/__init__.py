@@ -18,6 +18,13 @@ from .models.geomim import (
     GeoMIMPreTrainedModel,
     GeoMIMPretrainingConfig,
 )
+from .models.lidar_teacher import (
+    GeoMIMLidarTeacher,
+    GeoMIMLidarTeacherConfig,
+    GeoMIMLidarTeacherOutput,
+    GeoMIMLidarTeacherPreTrainedModel,
+    TeacherTargetCache,
+)
 
 AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig)
 AutoModel.register(GeoMIMConfig, GeoMIMModel)
@@ -26,6 +33,8 @@ AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIM
 AutoConfig.register(GeoMIMBEVDetectionConfig.model_type, GeoMIMBEVDetectionConfig)
 AutoModel.register(GeoMIMBEVDetectionConfig, GeoMIMForBEVDetection)
 AutoImageProcessor.register(GeoMIMBEVDetectionConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
+AutoConfig.register(GeoMIMLidarTeacherConfig.model_type, GeoMIMLidarTeacherConfig)
+AutoModel.register(GeoMIMLidarTeacherConfig, GeoMIMLidarTeacher)
 AutoConfig.register(GeoMIMPretrainingConfig.model_type, GeoMIMPretrainingConfig)
 AutoModelForPreTraining.register(GeoMIMPretrainingConfig, GeoMIMForPretraining)
 
@@ -37,8 +46,13 @@ __all__ = [
     "GeoMIMForBEVDetection",
     "GeoMIMForPretraining",
     "GeoMIMImageProcessor",
+    "GeoMIMLidarTeacher",
+    "GeoMIMLidarTeacherConfig",
+    "GeoMIMLidarTeacherOutput",
+    "GeoMIMLidarTeacherPreTrainedModel",
     "GeoMIMModel",
     "GeoMIMModelOutput",
     "GeoMIMPreTrainedModel",
     "GeoMIMPretrainingConfig",
+    "TeacherTargetCache",
 ]

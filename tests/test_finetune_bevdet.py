@@ -86,8 +86,8 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(nuscenes_root
     for key in straight:
         torch.testing.assert_close(again[key], straight[key], rtol=0, atol=0, msg=key)
     # and the restart really restarted: a run from scratch with another seed ends elsewhere
-    script.main(finetune_args(nuscenes_root, nuscenes_spec, tmp_path / "other", micro_config, *common[:4],
-                              "--seed", "4"))
+    script.main(finetune_args(nuscenes_root, nuscenes_spec, tmp_path / "other", micro_config,
+                              "--max_train_steps", "6", "--augment", "--eval_split", "none", "--seed", "4"))
     other = load_file(tmp_path / "other" / "model.safetensors")
     assert not torch.equal(other["head.task_heads.0.outputs.heatmap.1.bias"],
                            straight["head.task_heads.0.outputs.heatmap.1.bias"])

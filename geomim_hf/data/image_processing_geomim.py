@@ -83,7 +83,8 @@ def augment_image(
 
     The result is that of resizing the whole image (with PIL's antialiasing) and then cropping, flipping and rotating
     it, but computed with less work: only the part of the resized image that the output shows is resampled (PIL's
-    ``resize(box=...)`` gives those pixels exactly), a JPEG that is not decoded yet is decoded at a reduced scale (1/2,
+    ``resize(box=...)`` samples it at exactly the same positions; its 8-bit rounding may differ by a level here and
+    there), a JPEG that is not decoded yet is decoded at a reduced scale (1/2,
     1/4 or 1/8, by the DCT) when that is still at least the resized size, and the affine warp runs only when there is
     a rotation; crops and flips are copies.
 
