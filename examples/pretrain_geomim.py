@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -191,6 +193,24 @@ def check_teacher_shape(teacher_config: GeoMIMLidarTeacherConfig, config: GeoMIM
                          f"reconstructs {expected}: pick a teacher and a --config_name that agree")
 
 
+@dataclasses.dataclass
+class SeededCollate:
+    """Draws each batch's augmentation from a generator seeded by the run's seed, the epoch and the batch's samples,
+    so that it does not depend on what came before: a resumed run (which reads the skipped batches again) augments
+    as the uninterrupted one did, and DataLoader workers do not repeat one another's draws."""
+
+    # TODO(pretraining_collate.py): NuScenesCollator has this as its `seed` field; PretrainingCollator should too.
+    collate: PretrainingCollator
+    seed: int
+    epoch: int
+
+    def __call__(self, examples: list[dict]) -> dict:
+        tokens = [example["sample_token"] for example in examples]
+        digest = hashlib.sha256(f"{self.seed}/{self.epoch}/{tokens}".encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+        return dataclasses.replace(self.collate, generator=generator)(examples)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     accelerator = training.make_accelerator(args, project_name="geomim_pretraining")
@@ -237,11 +257,10 @@ def main(argv: list[str] | None = None) -> dict:
     logs: dict[str, float] = {}
     for epoch in range(state.starting_epoch, num_train_epochs):
         model.train()
-        collate.seed = args.seed * 1_000_003 + epoch  # augmentation: a function of the seed, the epoch and the samples
         # Its own generator: a loader draws a seed when it starts, which must not move the global random state that
         # a resumed run restores (it draws the masks).
-        loader = DataLoader(samples.dataset(epoch, previous_frames=0), collate_fn=collate,
-                            batch_size=args.per_device_train_batch_size, num_workers=args.dataloader_num_workers,
+        loader = DataLoader(samples.dataset(epoch, previous_frames=0), batch_size=args.per_device_train_batch_size,
+                            collate_fn=SeededCollate(collate, args.seed, epoch), num_workers=args.dataloader_num_workers,
                             generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
         skip = state.batches_to_skip if epoch == state.starting_epoch else 0
         for index, batch in enumerate(training.iterate_batches(loader, skip), start=skip):

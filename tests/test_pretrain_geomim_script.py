@@ -13,7 +13,9 @@ import pytest
 import torch
 from transformers import AutoModelForPreTraining
 
-from geomim_hf import GeoMIMForPretraining, GeoMIMModel
+from geomim_hf import GeoMIMForPretraining, GeoMIMLidarTeacherConfig, GeoMIMModel
+from geomim_hf.data import load_nuscenes
+from geomim_hf.models.lidar_teacher import random_lidar_teacher
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -27,10 +29,11 @@ def script():
         sys.path.remove(str(EXAMPLES))
 
 
-def arguments(nuscenes_root, nuscenes_spec, output_dir, *extra: str) -> list[str]:
+def arguments(nuscenes_root, nuscenes_spec, output_dir, *extra: str,
+              teacher: tuple[str, ...] = ("--random_teacher_seed", "0")) -> list[str]:
     return ["--dataroot", str(nuscenes_root), "--version", nuscenes_spec.version, "--train_split", "mini_train",
-            "--config_name", "tiny", "--random_teacher_seed", "0", "--num_sweeps", "1", "--output_dir",
-            str(output_dir), "--max_train_steps", "2", "--logging_steps", "1", *extra]
+            "--config_name", "tiny", *teacher, "--num_sweeps", "1", "--output_dir", str(output_dir),
+            "--max_train_steps", "2", "--logging_steps", "1", *extra]
 
 
 def encoder_state(path: Path) -> dict[str, torch.Tensor]:
@@ -128,3 +131,35 @@ def test_the_encoder_and_a_mixmim_decoder_start_the_model(script, nuscenes_root,
         if key.startswith(("geomim.", "mask_token", "decoder_pos_embed", "decoder_blocks.", "decoder_norm.")):
             assert torch.equal(model.state_dict()[key], value), key
     assert not torch.equal(model.prediction_head.weight, source.prediction_head.weight)
+
+
+def test_cached_targets_are_the_live_teachers_for_every_flip(script, nuscenes_root, nuscenes_spec, tmp_path):
+    """A cache written by examples/precompute_teacher_targets.py serves, for augmented (flipped) batches, what the same
+    teacher computes live (to float16 precision), and a run trains from it."""
+    teacher_dir, cache_dir = tmp_path / "teacher", tmp_path / "cache"
+    random_lidar_teacher(GeoMIMLidarTeacherConfig.small_grid(), seed=0).save_pretrained(teacher_dir)
+    importlib.import_module("precompute_teacher_targets").main(
+        ["--dataroot", str(nuscenes_root), "--version", nuscenes_spec.version, "--split", "mini_train", "--teacher",
+         str(teacher_dir), "--output_dir", str(cache_dir), "--num_sweeps", "1"])
+
+    live_args = script.parse_args(arguments(nuscenes_root, nuscenes_spec, tmp_path / "live",
+                                            teacher=("--teacher_name_or_path", str(teacher_dir))))
+    cached_args = script.parse_args(arguments(nuscenes_root, nuscenes_spec, tmp_path / "cached",
+                                              teacher=("--teacher_cache", str(cache_dir))))
+    config = script.build_model(live_args).config
+    live, _ = script.build_teacher_targets(live_args, config, torch.device("cpu"))
+    cached, description = script.build_teacher_targets(cached_args, config, torch.device("cpu"))
+    examples = list(load_nuscenes(nuscenes_root, nuscenes_spec.version, "mini_train", num_sweeps=1))
+    collate = script.PretrainingCollator(augment=True)
+    flips = set()
+    for seed in range(3):
+        batch = script.SeededCollate(collate, seed, epoch=0)(examples)
+        flips |= {tuple(matrix.diagonal()[:2].tolist()) for matrix in batch["lidar_augmentation"]}
+        expected = live(batch)
+        torch.testing.assert_close(cached(batch), expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+    assert len(flips) >= 3  # the batches drew several of the four flips
+    assert str(cache_dir) in description
+
+    metrics = script.main(arguments(nuscenes_root, nuscenes_spec, tmp_path / "cached",
+                                    teacher=("--teacher_cache", str(cache_dir))))
+    assert metrics["steps"] == 2
