@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(f"{samples_per_epoch} training samples per epoch, {steps_per_epoch} steps per epoch, {max_train_steps} "
                 f"steps, {accelerator.num_processes} process(es) x {args.per_device_train_batch_size} samples x "
                 f"{args.gradient_accumulation_steps} accumulation; teacher: {teacher_description}")
-    progress = tqdm(range(max_train_steps), initial=state.completed_steps, disable=not accelerator.is_local_main_process)
+    progress = tqdm(range(max_train_steps), initial=state.completed_steps,
+                    disable=not accelerator.is_local_main_process)
     completed_steps = state.completed_steps
     window: dict[str, list[float]] = {}
     logs: dict[str, float] = {}
@@ -260,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
         # Its own generator: a loader draws a seed when it starts, which must not move the global random state that
         # a resumed run restores (it draws the masks).
         loader = DataLoader(samples.dataset(epoch, previous_frames=0), batch_size=args.per_device_train_batch_size,
-                            collate_fn=SeededCollate(collate, args.seed, epoch), num_workers=args.dataloader_num_workers,
+                            collate_fn=SeededCollate(collate, args.seed, epoch),
+                            num_workers=args.dataloader_num_workers,
                             generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
         skip = state.batches_to_skip if epoch == state.starting_epoch else 0
         for index, batch in enumerate(training.iterate_batches(loader, skip), start=skip):
@@ -314,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
         processor.save_pretrained(encoder_dir)
         write_card(args, encoder_dir, unwrapped.config, metrics, teacher_description, accelerator.num_processes)
         training.save_metrics(output_dir, metrics)
-        training.push_output_dir(args, encoder_dir, commit_message=f"GeoMIM-pretrained encoder, {completed_steps} steps")
+        training.push_output_dir(args, encoder_dir,
+                                 commit_message=f"GeoMIM-pretrained encoder, {completed_steps} steps")
     accelerator.end_training()
     return metrics
 
@@ -324,8 +327,8 @@ def write_card(args: argparse.Namespace, encoder_dir: Path, config: GeoMIMPretra
     encoder = config.encoder_config
     fields = {
         "repo_id": args.hub_model_id or str(encoder_dir),
-        "architecture": (f"embed {encoder.embed_dim}, depths {tuple(encoder.depths)}, heads {tuple(encoder.num_heads)}, "
-                         f"windows {tuple(encoder.window_size)}"),
+        "architecture": (f"embed {encoder.embed_dim}, depths {tuple(encoder.depths)}, "
+                         f"heads {tuple(encoder.num_heads)}, windows {tuple(encoder.window_size)}"),
         "preset": args.config_name if args.model_name_or_path is None else args.model_name_or_path,
         "data": f"`{args.train_split}` of nuScenes `{args.version}` ({metrics['samples_per_epoch']} samples per "
                 f"epoch{', CBGS' if args.cbgs else ''}), {args.num_sweeps} LiDAR sweeps",

@@ -104,7 +104,7 @@ def test_config_rejects_inconsistent_fields(fields, message):
         GeoMIMPretrainingConfig.preset("huge")
 
 
-# ---------------------------------------------------------------------------------------------------- masks
+# ------------------------------------------------------------------------------------------------------------ masks
 
 
 @pytest.mark.parametrize("grid", [(2, 5), (3, 3)])
@@ -182,7 +182,7 @@ def test_masks_come_from_noise_or_explicitly_and_bad_masks_are_rejected():
         model(**batch, noise=torch.rand(2, 5))
 
 
-# ---------------------------------------------------------------------------------------------------- cross-view attention
+# --------------------------------------------------------------------------------------------- cross-view attention
 
 
 def test_cross_view_attention_starts_as_the_identity_then_mixes_cameras_after_one_step():
@@ -213,7 +213,7 @@ def test_cross_view_attention_starts_as_the_identity_then_mixes_cameras_after_on
             assert (before[group] - after[group]).abs().max() > 1e-6
 
 
-# ---------------------------------------------------------------------------------------------------- BEV layout and loss
+# ---------------------------------------------------------------------------------------------- BEV layout and loss
 
 
 @pytest.mark.parametrize("yaw_deg, axis, sign", [(0, 0, 1), (90, 1, 1), (180, 0, -1), (-90, 1, -1)])
@@ -379,7 +379,8 @@ def mixmim_decoder(source: GeoMIMForPretraining) -> dict[str, torch.Tensor]:
     decoder = {key: value.clone() for key, value in state.items() if key == "mask_token"
                or key.startswith(("decoder_blocks.", "decoder_norm."))}
     grid = state["decoder_pos_embed"]
-    decoder["decoder_pos_embed"] = torch.stack([grid[0, :, row, column] for row in range(7) for column in range(7)])[None]
+    rows = [grid[0, :, row, column] for row in range(7) for column in range(7)]
+    decoder["decoder_pos_embed"] = torch.stack(rows)[None]
     decoder["decoder_embed.weight"], decoder["decoder_pred.bias"] = torch.randn(32, 256), torch.randn(3072)
     return decoder
 
@@ -412,7 +413,7 @@ def test_cosine_similarity_is_per_sample_and_group():
     torch.testing.assert_close(bev_cosine_similarity(reconstruction, target), torch.tensor([[1.0, -1.0]] * 3))
 
 
-# ---------------------------------------------------------------------------------------------------- learning
+# --------------------------------------------------------------------------------------------------------- learning
 
 
 @pytest.fixture

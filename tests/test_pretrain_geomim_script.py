@@ -1,9 +1,11 @@
-"""examples/pretrain_geomim.py: a tiny run on synthetic scenes exports an encoder that loads, with its card and metrics;
-a resumed run ends with the same weights as an uninterrupted one; the Hub upload sends the encoder folder; bad
-arguments fail early with a message."""
+"""examples/pretrain_geomim.py: a tiny run on synthetic scenes exports an encoder that GeoMIMModel and the detector
+trainer load, with its card and metrics; a resumed run ends with the same weights as an uninterrupted one; the Hub
+upload sends the encoder folder; cached teacher targets are the live teacher's; a MixMIM conversion starts the model;
+bad arguments fail early with a message."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
@@ -78,6 +80,13 @@ def test_a_tiny_run_exports_an_encoder_with_its_card_and_metrics(finished_run):
     assert "someone/geomim-tiny" in card and f"| {recorded['loss']:.4f} |" in card and "{{" not in card
     assert "randomly initialised SparseEncoder" in card and "pretrain_geomim" in card
     assert (output_dir / "step_1").is_dir() and (output_dir / "step_2").is_dir()
+
+    # The detector trainer starts from it like from any GeoMIMModel encoder (strict load).
+    finetune = importlib.import_module("finetune_bevdet")
+    detector, _ = finetune.load_model(argparse.Namespace(model_name_or_path=str(output_dir / "encoder"),
+                                                         config_name="tiny", image_size=None))
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(detector.geomim.state_dict()[key], value), key
 
 
 def test_push_to_hub_uploads_the_encoder_folder(finished_run):

@@ -15,8 +15,8 @@ class GeoMIMPretrainingConfig(PreTrainedConfig):
     Configuration of [`GeoMIMForPretraining`]: GeoMIM's masked multi-view pretraining (Liu et al., ICCV 2023, arXiv
     2303.11325), which teaches the multi-camera Swin encoder to reconstruct a frozen LiDAR detector's bird's-eye-view
     features. The defaults are the original Swin-Base setup (`pretrain/geomim_config/pretrain_base_50ep.yaml` and the
-    class defaults of `SwinTransformerBEV` / `DepthLSSTransformGT` in Sense-X/GeoMIM); [`~GeoMIMPretrainingConfig.preset`]
-    also offers `"large"` and a `"tiny"` model that trains on a CPU.
+    class defaults of `SwinTransformerBEV` / `DepthLSSTransformGT` in Sense-X/GeoMIM);
+    [`~GeoMIMPretrainingConfig.preset`] also offers `"large"` and a `"tiny"` model that trains on a CPU.
 
     Args:
         encoder_config (`dict` or [`GeoMIMConfig`], *optional*):

@@ -231,7 +231,8 @@ class GeoMIMWindowAttention(nn.Module):
         if attention_mask is not None:
             num_windows = attention_mask.shape[0]
             # The windows of one image are consecutive, so the per-window masks tile over the batch.
-            attention_bias = (attention_bias + attention_mask.unsqueeze(1)).repeat(batch_windows // num_windows, 1, 1, 1)
+            attention_bias = attention_bias + attention_mask.unsqueeze(1)
+            attention_bias = attention_bias.repeat(batch_windows // num_windows, 1, 1, 1)
 
         attention_output = F.scaled_dot_product_attention(
             query,

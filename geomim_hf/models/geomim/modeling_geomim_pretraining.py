@@ -21,6 +21,11 @@ ICCV 2023, arXiv 2303.11325) pretrains the multi-camera Swin encoder of [`GeoMIM
 
 After pretraining only the encoder is kept: [`GeoMIMForPretraining.save_encoder`] writes it as a [`GeoMIMModel`]
 checkpoint.
+
+Where this port differs from the original, the difference does not change what a trained model computes: padding and
+cells seen by neither group form a group of their own instead of attending to everything (their outputs are never
+used), the view transform runs in the autocast dtype instead of float32 (pooling stays in float32), and a NaN
+reconstruction loss is returned as it is instead of being silently replaced by 0.
 """
 
 from dataclasses import dataclass
@@ -531,6 +536,7 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
         grid = (height // self.config.mask_stride, width // self.config.mask_stride)
         if mask is None:
             mask = self.random_masking(grid, noise, pixel_values.device)
+        mask = mask.to(pixel_values.device)
         token_groups = self.token_groups_from_mask(mask, grid)
 
         stride16, stride32 = self.forward_encoder(pixel_values, token_groups)
@@ -578,8 +584,8 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
         loaded. `conversion/convert_mixmim_to_geomim.py` writes these tensors to `decoder_init.safetensors`.
         """
         grid = self.config.decoder_position_grid
-        targets = {key: value for key, value in self.state_dict().items()
-                   if key in ("mask_token", "decoder_pos_embed") or key.startswith(("decoder_blocks.", "decoder_norm."))}
+        taken = ("mask_token", "decoder_pos_embed", "decoder_blocks.", "decoder_norm.")
+        targets = {key: value for key, value in self.state_dict().items() if key.startswith(taken)}
         converted = {}
         for key, value in decoder_state_dict.items():
             if key.startswith(MIXMIM_DECODER_UNUSED):
