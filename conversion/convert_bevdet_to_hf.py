@@ -17,7 +17,13 @@ import sys
 from pathlib import Path
 
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
-from geomim_hf.hub import file_sha256, fill_template, upload_folder_to_hub
+from geomim_hf.hub import (
+    add_conversion_output_arguments,
+    check_conversion_arguments,
+    file_sha256,
+    fill_template,
+    upload_folder_to_hub,
+)
 from geomim_hf.models.bevdet import GeoMIMBEVDetectionConfig
 from geomim_hf.models.bevdet.configuration_bevdet import PRESET_GEOMETRY
 from geomim_hf.models.bevdet.conversion_bevdet import DetectorConversionReport, convert_detector_checkpoint
@@ -33,18 +39,13 @@ CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "geomim
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (.pth, .pt or .safetensors)")
-    parser.add_argument("--output_dir", type=Path, required=True, help="folder to write the converted model into")
+    add_conversion_output_arguments(parser, "the converted model")
     parser.add_argument("--preset", choices=sorted(PRESET_GEOMETRY), default="bevdet4d-swinb-256x704",
                         help="what the weights cannot tell: grid, depth bins, image size, index truncation")
     parser.add_argument("--custom_encoder", action="store_true",
                         help="accept an encoder with the width of a released Swin but other depths or heads")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the output folder to this Hub repo")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        parser.error(f"--checkpoint {args.checkpoint} is not a file")
-    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
-        parser.error(f"--output_dir {args.output_dir} is not empty; pass --overwrite to write into it")
+    check_conversion_arguments(parser, args)
     return args
 
 

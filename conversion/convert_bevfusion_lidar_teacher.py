@@ -14,9 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from huggingface_hub import create_repo, upload_folder
-from huggingface_hub.utils.sha import sha_fileobj
 
+from geomim_hf.hub import (
+    add_conversion_output_arguments,
+    check_conversion_arguments,
+    file_sha256,
+    upload_folder_to_hub,
+)
 from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError, load_checkpoint_file
 from geomim_hf.models.lidar_teacher import GeoMIMLidarTeacherConfig, random_lidar_teacher
 from geomim_hf.models.lidar_teacher.conversion_lidar_teacher import convert_lidar_teacher_checkpoint
@@ -58,18 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--random_init", choices=sorted(RANDOM_PRESETS),
                         help="write a randomly initialised teacher with this preset instead of converting")
     parser.add_argument("--seed", type=int, default=0, help="seed of --random_init (default 0)")
-    parser.add_argument("--output_dir", type=Path, required=True, help="folder to write the teacher into")
+    add_conversion_output_arguments(parser, "the teacher")
     parser.add_argument("--point_cloud_range", type=float, nargs=6, metavar="M",
                         help="override the voxel grid's range (default: bevfusion's [-54, -54, -5, 54, 54, 3])")
     parser.add_argument("--voxel_size", type=float, nargs=3, metavar="M", help="override the voxel size")
     parser.add_argument("--max_voxels", type=int, help="override the voxel limit per sample")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the output folder to this Hub repo")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     args = parser.parse_args(argv)
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        parser.error(f"--checkpoint {args.checkpoint} is not a file")
-    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
-        parser.error(f"--output_dir {args.output_dir} is not empty; pass --overwrite to write into it")
+    check_conversion_arguments(parser, args)
     return args
 
 
@@ -79,8 +78,7 @@ def config_overrides(args: argparse.Namespace) -> dict:
 
 
 def conversion_record(checkpoint: Path, report_text: str) -> str:
-    with checkpoint.open("rb") as handle:
-        digest = sha_fileobj(handle).hex()
+    digest = file_sha256(checkpoint)
     return "\n".join([
         "## Conversion record",
         "",
@@ -121,9 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Wrote {args.output_dir}: model.safetensors, config.json, README.md")
 
     if args.push_to_hub:
-        create_repo(args.push_to_hub, exist_ok=True)
-        upload_folder(repo_id=args.push_to_hub, folder_path=args.output_dir,
-                      commit_message="Add GeoMIM LiDAR teacher")
+        upload_folder_to_hub(args.push_to_hub, args.output_dir, "Add GeoMIM LiDAR teacher")
         print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
 
 

@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
-from geomim_hf.hub import file_sha256, upload_folder_to_hub
+from geomim_hf.hub import (
+    add_conversion_output_arguments,
+    check_conversion_arguments,
+    file_sha256,
+    upload_folder_to_hub,
+)
 from geomim_hf.models.geomim import GeoMIMConfig
 from geomim_hf.models.geomim.conversion_geomim import (
     CheckpointConversionError,
@@ -58,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint", type=Path, required=True, help="checkpoint file (.pth, .pt, .bin or .safetensors)"
     )
-    parser.add_argument("--output_dir", type=Path, required=True, help="folder to write the converted model into")
+    add_conversion_output_arguments(parser, "the converted model")
     parser.add_argument(
         "--variant",
         choices=("base", "large", "auto", "custom"),
@@ -72,13 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="whether odd blocks shift their windows; 'auto': off for mmdet-layout (GeoMIM), on for Swin layout",
     )
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the output folder to this Hub repo")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        parser.error(f"--checkpoint {args.checkpoint} is not a file")
-    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
-        parser.error(f"--output_dir {args.output_dir} is not empty; pass --overwrite to write into it")
+    check_conversion_arguments(parser, args)
     return args
 
 

@@ -17,9 +17,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from huggingface_hub import create_repo, upload_folder
 from safetensors.torch import save_file
 
+from geomim_hf.hub import (
+    add_conversion_output_arguments,
+    check_conversion_arguments,
+    upload_folder_to_hub,
+)
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError, load_checkpoint_file
 from geomim_hf.models.geomim.conversion_mixmim import GEOMIM_WINDOWS, convert_mixmim_checkpoint
@@ -62,16 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="MixMIM ({'model': ...}) or ImageNet Swin (official / timm) checkpoint file")
-    parser.add_argument("--output_dir", type=Path, required=True, help="folder to write the converted encoder into")
+    add_conversion_output_arguments(parser, "the converted encoder")
     parser.add_argument("--window_size", type=int, nargs="+", default=list(GEOMIM_WINDOWS), metavar="W",
                         help="windows per stage of the GeoMIM encoder (default 16 16 16 8)")
-    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the output folder to this Hub repo")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     args = parser.parse_args(argv)
-    if not args.checkpoint.is_file():
-        parser.error(f"--checkpoint {args.checkpoint} is not a file")
-    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
-        parser.error(f"--output_dir {args.output_dir} is not empty; pass --overwrite to write into it")
+    check_conversion_arguments(parser, args)
     return args
 
 
@@ -97,9 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Wrote {args.output_dir}: {', '.join(written + ([DECODER_FILE] if decoder else []))}")
 
     if args.push_to_hub:
-        create_repo(args.push_to_hub, exist_ok=True)
-        upload_folder(repo_id=args.push_to_hub, folder_path=args.output_dir,
-                      commit_message=f"Add {args.checkpoint.name} converted for GeoMIM pretraining")
+        upload_folder_to_hub(args.push_to_hub, args.output_dir, f"Add {args.checkpoint.name} converted for GeoMIM pretraining")
         print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
 
 

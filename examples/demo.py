@@ -116,6 +116,44 @@ def print_training_batch(nuscenes_root: Path, version: str, scannet_root: Path) 
     return batch["pixel_values"]
 
 
+EXAMPLES = Path(__file__).resolve().parent
+
+
+def finetune_detector(out: Path, nuscenes_root: Path, version: str) -> Path:
+    """A short run of the finetuning script's `tiny` defaults (the full defaults train for minutes, not seconds)."""
+    output_dir = out / "bevdet-tiny"
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+                    "--mixed_precision", "no", "--dynamo_backend", "no",
+                    str(EXAMPLES / "finetune_bevdet.py"), "--dataroot", str(nuscenes_root), "--version", version,
+                    "--train_split", "mini_train", "--eval_split", "mini_val", "--config_name", "tiny",
+                    "--num_train_epochs", "2", "--output_dir", str(output_dir), "--overwrite_output_dir"],
+                   check=True)
+    return output_dir
+
+
+def reload_and_visualize(out: Path, detector_dir: Path, nuscenes_root: Path, version: str) -> None:
+    """Evaluates the saved folder again with `evaluate_bevdet.py` (a fresh `from_pretrained`) and checks that its
+    submission is the trainer's, box for box; then draws one validation sample."""
+    import json
+
+    from geomim_hf.data.nuscenes import split_sample_tokens
+
+    evaluation_dir = out / "bevdet-tiny-reloaded"
+    subprocess.run([sys.executable, str(EXAMPLES / "evaluate_bevdet.py"), "--model", str(detector_dir),
+                    "--dataroot", str(nuscenes_root), "--version", version, "--split", "mini_val",
+                    "--output_dir", str(evaluation_dir), "--num_workers", "0"], check=True, stdout=subprocess.DEVNULL)
+    trained = json.loads((detector_dir / "results_nusc.json").read_text())["results"]
+    reloaded = json.loads((evaluation_dir / "results_nusc.json").read_text())["results"]
+    if trained != reloaded:
+        raise SystemExit("the reloaded detector predicts differently from the trained one")
+    print(f"reloaded {detector_dir} with from_pretrained: the same {sum(map(len, reloaded.values()))} boxes on "
+          f"{len(reloaded)} samples")
+    token = split_sample_tokens(nuscenes_root, version, "mini_val")[0]
+    subprocess.run([sys.executable, str(EXAMPLES / "visualize_bevdet.py"), "--model", str(detector_dir),
+                    "--dataroot", str(nuscenes_root), "--version", version, "--sample_token", token,
+                    "--out", str(out / "detections.png")], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo_output"))
@@ -143,6 +181,12 @@ def main() -> None:
 
     _step("5. GeoMIM encoder: convert an original-layout checkpoint, reload it with from_pretrained, encode the batch")
     convert_and_encode(args.out, pixel_values)
+
+    _step("6. BEV detection: finetune the tiny preset with accelerate launch, evaluate with the nuScenes devkit")
+    detector_dir = finetune_detector(args.out, nuscenes_root, nuscenes_spec.version)
+
+    _step("7. Reload the detector with from_pretrained: the same predictions; draw them")
+    reload_and_visualize(args.out, detector_dir, nuscenes_root, nuscenes_spec.version)
 
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
 

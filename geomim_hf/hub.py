@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -49,4 +50,22 @@ def upload_folder_to_hub(repo_id: str, folder: Path, commit_message: str, token:
     return str(commit)
 
 
-__all__ = ["file_sha256", "fill_template", "upload_folder_to_hub", "write_model_card"]
+def add_conversion_output_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """The output arguments every conversion script takes: `--output_dir`, `--push_to_hub REPO_ID`, `--overwrite`."""
+    parser.add_argument("--output_dir", type=Path, required=True, help=f"folder to write {what} into")
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="also upload the output folder to this Hub repo")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+
+
+def check_conversion_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses a `--checkpoint` that is not a file and a non-empty `--output_dir` without `--overwrite`, before any
+    work: nothing the user has is replaced by accident."""
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        parser.error(f"--checkpoint {checkpoint} is not a file")
+    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
+        parser.error(f"--output_dir {args.output_dir} is not empty; pass --overwrite to write into it")
+
+
+__all__ = ["add_conversion_output_arguments", "check_conversion_arguments", "file_sha256", "fill_template",
+           "upload_folder_to_hub", "write_model_card"]

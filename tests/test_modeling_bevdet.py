@@ -267,6 +267,7 @@ def test_single_frame_model_has_no_pre_process_and_refuses_a_previous_frame():
                                   previous_camera_to_ego=inputs["camera_to_ego"]), r"previous_pixel_values must"),
     (lambda inputs: inputs.update(previous_pixel_values=inputs["pixel_values"]), r"pass both"),
     (lambda inputs: inputs.update(bev_augmentation=torch.eye(3)[None]), r"bev_augmentation must"),
+    (lambda inputs: inputs.update(camera_to_egos=inputs["camera_to_ego"]), r"unexpected inputs \['camera_to_egos'\]"),
 ])
 def test_bad_inputs_are_named_before_any_compute(change, message, monkeypatch):
     config = tiny_config()
@@ -274,7 +275,7 @@ def test_bad_inputs_are_named_before_any_compute(change, message, monkeypatch):
     monkeypatch.setattr(model, "geomim", None)  # any compute would fail differently
     inputs = random_inputs(config)
     change(inputs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((TypeError, ValueError), match=message):
         model(**inputs)
 
 
@@ -308,3 +309,19 @@ def test_save_and_reload_are_bitwise(tmp_path):
         assert torch.equal(original[key], loaded[key]), key
     torch.testing.assert_close(reloaded.view_transformer.frustum, model.view_transformer.frustum)
     assert reloaded.config.tasks == config.tasks and reloaded.config.legacy_voxel_truncation
+
+
+def test_a_collated_4d_batch_goes_straight_into_the_model(nuscenes_root, nuscenes_spec):
+    from geomim_hf.data import GeoMIMImageProcessor, NuScenesCollator, load_nuscenes
+
+    config = tiny_config(image_size=[128, 352])
+    model = GeoMIMForBEVDetection(config).eval()
+    examples = list(load_nuscenes(nuscenes_root, nuscenes_spec.version, "mini_train", num_sweeps=1,
+                                  previous_frames=1))[:2]
+    collate = NuScenesCollator(GeoMIMImageProcessor(size={"height": 128, "width": 352}, test_resize=1.0),
+                               previous_frames=1)
+    batch = collate(examples)
+    with torch.no_grad():
+        outputs = model(**batch)
+    assert outputs.loss is not None and torch.isfinite(outputs.loss)
+    assert len(model.post_process(outputs)) == 2

@@ -57,6 +57,12 @@ class GeoMIMBEVDetectionOutput(ModelOutput):
     depth_probabilities: torch.FloatTensor | None = None
 
 
+# What NuScenesCollator batches hold besides the model's inputs, so that `model(**batch)` works; any other keyword is
+# an error rather than silently ignored (a misspelt input would otherwise change nothing).
+COLLATOR_KEYS_NOT_USED = frozenset({"camera_vector", "points", "points_mask", "sample_tokens", "ego_to_global",
+                                    "previous_valid"})
+
+
 class ConvNormActivation(nn.Sequential):
     """3x3 (or `kernel_size`) convolution without bias, BatchNorm, ReLU: mmcv's `ConvModule` as BEVDet uses it."""
 
@@ -339,6 +345,9 @@ class GeoMIMForBEVDetection(GeoMIMBEVDetectionPreTrainedModel):
             depth_targets (`torch.FloatTensor` of shape `(batch_size, num_cameras, h, w)`, *optional*):
                 Nearest LiDAR depth per feature pixel (0: none), for `config.depth_loss_weight > 0`.
         """
+        unexpected = sorted(set(kwargs) - COLLATOR_KEYS_NOT_USED)
+        if unexpected:
+            raise TypeError(f"GeoMIMForBEVDetection.forward() got unexpected inputs {unexpected}")
         self.check_inputs(pixel_values, camera_intrinsics, camera_to_ego, post_rot, post_tran, bev_augmentation,
                           previous_pixel_values, previous_camera_to_ego)
         frame_geometry = (camera_intrinsics, camera_to_ego, post_rot, post_tran, bev_augmentation)
