@@ -9,7 +9,15 @@ from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel
 
 from .data.image_processing_geomim import GeoMIMImageProcessor
 from .models.bevdet import GeoMIMBEVDetectionConfig, GeoMIMBEVDetectionOutput, GeoMIMForBEVDetection
-from .models.geomim import GeoMIMBackbone, GeoMIMConfig, GeoMIMModel, GeoMIMModelOutput, GeoMIMPreTrainedModel
+from .models.geomim import (
+    GeoMIMBackbone,
+    GeoMIMConfig,
+    GeoMIMForPretraining,
+    GeoMIMModel,
+    GeoMIMModelOutput,
+    GeoMIMPreTrainedModel,
+    GeoMIMPretrainingConfig,
+)
 from .models.lidar_teacher import (
     GeoMIMLidarTeacher,
     GeoMIMLidarTeacherConfig,
@@ -40,6 +48,8 @@ AutoConfig.register(Mask3DConfig.model_type, Mask3DConfig)
 AutoModel.register(Mask3DConfig, Mask3DModel)
 AutoModelForPreTraining.register(Mask3DConfig, Mask3DForDepthPretraining)
 AutoBackbone.register(Mask3DConfig, Mask3DBackbone)
+AutoConfig.register(GeoMIMPretrainingConfig.model_type, GeoMIMPretrainingConfig)
+AutoModelForPreTraining.register(GeoMIMPretrainingConfig, GeoMIMForPretraining)
 
 __all__ = [
     "GeoMIMBEVDetectionConfig",
@@ -47,6 +57,7 @@ __all__ = [
     "GeoMIMBackbone",
     "GeoMIMConfig",
     "GeoMIMForBEVDetection",
+    "GeoMIMForPretraining",
     "GeoMIMImageProcessor",
     "GeoMIMLidarTeacher",
     "GeoMIMLidarTeacherConfig",
@@ -55,6 +66,7 @@ __all__ = [
     "GeoMIMModel",
     "GeoMIMModelOutput",
     "GeoMIMPreTrainedModel",
+    "GeoMIMPretrainingConfig",
     "Mask3DBackbone",
     "Mask3DConfig",
     "Mask3DForDepthPretraining",

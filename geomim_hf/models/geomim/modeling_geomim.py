@@ -96,6 +96,32 @@ def shifted_window_attention_mask(
     return mask.masked_fill(crosses_regions, -100.0)
 
 
+def expand_token_groups(token_groups: torch.Tensor, factor: int, height: int, width: int) -> torch.Tensor:
+    """The group map of a coarse grid, `(coarse_height, coarse_width)`, on a `factor` times finer `(height, width)`
+    grid: token `(i, j)` takes the group of cell `(i // factor, j // factor)`.
+
+    Patch merging joins 2 x 2 tokens that lie in one coarse cell, so a map expanded this way never makes it mix groups.
+    """
+    expanded = token_groups.repeat_interleave(factor, dim=0).repeat_interleave(factor, dim=1)
+    if expanded.shape[0] < height or expanded.shape[1] < width:
+        raise ValueError(
+            f"token_groups of shape {tuple(token_groups.shape)} do not cover a {height} x {width} grid at "
+            f"{factor} tokens per cell"
+        )
+    return expanded[:height, :width]
+
+
+def token_group_attention_mask(group_windows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask `(num_windows, L, L)` that keeps attention inside token groups: `-inf` between tokens of
+    different groups, from the window-partitioned group map `group_windows` `(num_windows, L)`.
+
+    Every token shares a group with itself, so no row is masked entirely and the softmax never sees a row of `-inf`.
+    """
+    crosses_groups = group_windows[:, :, None] != group_windows[:, None, :]  # (num_windows, L, L)
+    mask = torch.zeros(crosses_groups.shape, device=group_windows.device, dtype=dtype)
+    return mask.masked_fill(crosses_groups, float("-inf"))
+
+
 class GeoMIMPatchEmbeddings(nn.Module):
     """Non-overlapping patch projection. Images whose size is not a multiple of the patch get zeros at the right and
     bottom first, like mmdet's `AdaptivePadding(padding="corner")`."""
@@ -176,8 +202,9 @@ class GeoMIMRelativePositionBias(nn.Module):
 
 
 class GeoMIMWindowAttention(nn.Module):
-    """Multi-head self-attention inside each window, with the relative position bias (and, for shifted windows, the
-    region mask) as the additive mask of `torch.nn.functional.scaled_dot_product_attention`."""
+    """Multi-head self-attention inside each window, with the relative position bias (plus, for shifted windows, the
+    region mask and, for masked pretraining, the token-group mask) as the additive mask of
+    `torch.nn.functional.scaled_dot_product_attention`."""
 
     def __init__(self, config: GeoMIMConfig, dim: int, num_heads: int, window_size: int):
         super().__init__()
@@ -191,8 +218,9 @@ class GeoMIMWindowAttention(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.relative_position_bias = GeoMIMRelativePositionBias(num_heads, window_size)
 
-    def forward(self, hidden_states: torch.Tensor, shift_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`hidden_states`: `(batch * num_windows, L, channels)`; `shift_mask`: `(num_windows, L, L)` or `None`."""
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`hidden_states`: `(batch * num_windows, L, channels)`; `attention_mask`: additive `(num_windows, L, L)`, the
+        same for every image, or `None`."""
         batch_windows, window_area, channels = hidden_states.shape
         head_shape = (batch_windows, window_area, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(head_shape).transpose(1, 2)  # (batch * num_windows, heads, L, d)
@@ -200,10 +228,11 @@ class GeoMIMWindowAttention(nn.Module):
         value = self.v_proj(hidden_states).view(head_shape).transpose(1, 2)
 
         attention_bias = self.relative_position_bias().to(query.dtype).unsqueeze(0)  # (1, heads, L, L)
-        if shift_mask is not None:
-            num_windows = shift_mask.shape[0]
+        if attention_mask is not None:
+            num_windows = attention_mask.shape[0]
             # The windows of one image are consecutive, so the per-window masks tile over the batch.
-            attention_bias = (attention_bias + shift_mask.unsqueeze(1)).repeat(batch_windows // num_windows, 1, 1, 1)
+            attention_bias = attention_bias + attention_mask.unsqueeze(1)
+            attention_bias = attention_bias.repeat(batch_windows // num_windows, 1, 1, 1)
 
         attention_output = F.scaled_dot_product_attention(
             query,
@@ -251,17 +280,20 @@ class GeoMIMLayer(GradientCheckpointingLayer):
         self.mlp = GeoMIMMLP(config, dim)
         self.drop_path = StochasticDepth(drop_path_rate, mode="row")
 
-    def windowed_attention(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def windowed_attention(
+        self, hidden_states: torch.Tensor, token_groups: torch.Tensor | None = None
+    ) -> torch.Tensor:
         _, height, width, _ = hidden_states.shape
         # Zeros at the right and bottom up to whole windows. As in the original, the padding is not masked: the zero
         # tokens take part as keys and values (with their projection biases).
-        hidden_states = F.pad(hidden_states, (0, 0, 0, -width % self.window_size, 0, -height % self.window_size))
+        pad_right, pad_bottom = -width % self.window_size, -height % self.window_size
+        hidden_states = F.pad(hidden_states, (0, 0, 0, pad_right, 0, pad_bottom))
         _, padded_height, padded_width, _ = hidden_states.shape
 
-        shift_mask = None
+        attention_mask = None
         if self.shift_size > 0:
             hidden_states = torch.roll(hidden_states, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-            shift_mask = shifted_window_attention_mask(
+            attention_mask = shifted_window_attention_mask(
                 padded_height,
                 padded_width,
                 self.window_size,
@@ -269,17 +301,27 @@ class GeoMIMLayer(GradientCheckpointingLayer):
                 device=hidden_states.device,
                 dtype=hidden_states.dtype,
             )
+        if token_groups is not None:
+            # Masked pretraining: the padding gets a group of its own (-1), so that no image token attends to it.
+            groups = F.pad(token_groups, (0, pad_right, 0, pad_bottom), value=-1)
+            if self.shift_size > 0:
+                groups = torch.roll(groups, shifts=(-self.shift_size, -self.shift_size), dims=(0, 1))
+            group_windows = window_partition(groups[None, :, :, None], self.window_size).squeeze(-1)  # (windows, L)
+            group_mask = token_group_attention_mask(group_windows, hidden_states.dtype)
+            attention_mask = group_mask if attention_mask is None else attention_mask + group_mask
 
         windows = window_partition(hidden_states, self.window_size)
-        attention_windows = self.attention(windows, shift_mask)
+        attention_windows = self.attention(windows, attention_mask)
         hidden_states = window_reverse(attention_windows, self.window_size, padded_height, padded_width)
 
         if self.shift_size > 0:
             hidden_states = torch.roll(hidden_states, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
         return hidden_states[:, :height, :width, :]
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        attention_output = self.windowed_attention(self.layernorm_before(hidden_states))
+    def forward(self, hidden_states: torch.Tensor, token_groups: torch.Tensor | None = None) -> torch.Tensor:
+        """`hidden_states`: `(batch, height, width, channels)`; `token_groups`: `(height, width)` integer group of
+        every token, shared by all images, or `None`. With groups, a token attends only to tokens of its group."""
+        attention_output = self.windowed_attention(self.layernorm_before(hidden_states), token_groups)
         hidden_states = hidden_states + self.drop_path(attention_output)
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
         return hidden_states + self.drop_path(mlp_output)
@@ -336,9 +378,11 @@ class GeoMIMStage(nn.Module):
         is_last_stage = stage_index == len(config.depths) - 1
         self.downsample = None if is_last_stage else GeoMIMPatchMerging(config, dim)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, hidden_states: torch.Tensor, token_groups: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.blocks:
-            hidden_states = block(hidden_states)
+            hidden_states = block(hidden_states, token_groups)
         stage_output = hidden_states
         if self.downsample is not None:
             hidden_states = self.downsample(hidden_states)
@@ -359,12 +403,21 @@ class GeoMIMEncoder(nn.Module):
             ]
         )
 
-    def forward(self, embeddings: torch.Tensor) -> list[torch.Tensor]:
-        """Returns the embeddings followed by every stage output before merging, one per `config.stage_names`."""
+    def forward(self, embeddings: torch.Tensor, token_groups: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Returns the embeddings followed by every stage output before merging, one per `config.stage_names`.
+
+        `token_groups` `(last_height, last_width)` gives a group to every cell of the last stage's grid; each stage
+        expands it to its own grid (see [`expand_token_groups`]) and keeps attention inside the groups.
+        """
         stage_outputs = [embeddings]
         hidden_states = embeddings
-        for stage in self.layers:
-            stage_output, hidden_states = stage(hidden_states)
+        num_stages = len(self.layers)
+        for stage_index, stage in enumerate(self.layers):
+            stage_groups = None
+            if token_groups is not None:
+                _, height, width, _ = hidden_states.shape
+                stage_groups = expand_token_groups(token_groups, 2 ** (num_stages - 1 - stage_index), height, width)
+            stage_output, hidden_states = stage(hidden_states, stage_groups)
             stage_outputs.append(stage_output)
         return stage_outputs
 
@@ -429,12 +482,30 @@ class GeoMIMModel(GeoMIMPreTrainedModel):
             )
         return tuple(pixel_values.shape[:-3])
 
+    def last_stage_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The token grid of the last stage for `height x width` images: the patch grid, halved (rounding up) by every
+        patch merging."""
+        grid_height, grid_width = -(-height // self.config.patch_size), -(-width // self.config.patch_size)
+        for _ in range(self.config.num_layers - 1):
+            grid_height, grid_width = -(-grid_height // 2), -(-grid_width // 2)
+        return grid_height, grid_width
+
     @capture_outputs(tie_last_hidden_states=False)
-    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> GeoMIMModelOutput:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        token_groups: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> GeoMIMModelOutput:
         r"""
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch_size, [num_cameras,] num_channels, height, width)`):
                 Normalised images. Cameras are encoded independently; any height and width work.
+            token_groups (`torch.LongTensor` of shape `(last_height, last_width)`, *optional*):
+                A group for every cell of the last stage's grid (stride 32 for Swin), shared by all images. Every token
+                then attends only to tokens in its group, in every window attention, so one pass encodes each group as
+                if the others were not there (GeoMIM's complementary masks; padding joins no group). `None` (the
+                default) is plain GeoMIM.
 
         Example:
 
@@ -451,8 +522,17 @@ class GeoMIMModel(GeoMIMPreTrainedModel):
         """
         batch_shape = self.image_batch_shape(pixel_values)
         images = pixel_values.flatten(0, len(batch_shape) - 1)  # cameras folded into the batch
+        if token_groups is not None:
+            expected = self.last_stage_grid(*pixel_values.shape[-2:])
+            if tuple(token_groups.shape) != expected or token_groups.dtype.is_floating_point:
+                raise ValueError(
+                    f"token_groups must be an integer tensor of shape {expected} (the last stage's grid for "
+                    f"{tuple(pixel_values.shape[-2:])} images), got {token_groups.dtype} of shape "
+                    f"{tuple(token_groups.shape)}"
+                )
 
-        stage_outputs = self.encoder(self.embeddings(images))  # channel-last, one per config.stage_names
+        # channel-last, one per config.stage_names
+        stage_outputs = self.encoder(self.embeddings(images), token_groups)
 
         feature_maps = []
         for stage, stage_index in zip(self.config.out_features, self.config.out_indices):
