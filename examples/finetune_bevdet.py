@@ -15,9 +15,8 @@ submission), the model (`save_pretrained`, safetensors), its image processor and
 that is not given takes the preset's value (`TRAINING_PRESETS`): the headline preset trains with the original
 schedule; `tiny` trains a few synthetic scenes on a CPU in minutes.
 
-Data: each process streams its own scenes of the split (whole scenes, assigned round robin), shuffled per epoch, with
-class-balanced repetition (CBGS) if asked. Every process knows every process's sample count from the devkit's tables,
-so all take the same number of steps per epoch without talking to each other.
+Data: each process streams its own scenes of the split, shuffled per epoch, with class-balanced repetition (CBGS) if
+asked, and all take the same number of steps (`geomim_hf.data.training_scenes`).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -37,10 +35,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from geomim_hf import GeoMIMForBEVDetection, GeoMIMImageProcessor, GeoMIMModel, training
-from geomim_hf.data.cbgs import copies_this_epoch, expected_copies, sample_classes
 from geomim_hf.data.collate import NuScenesCollator
 from geomim_hf.data.image_processing_geomim import nuscenes_resize
-from geomim_hf.data.nuscenes import load_nuscenes, nuscenes_database, scenes_of_split
+from geomim_hf.data.training_scenes import TrainingScenes
 from geomim_hf.evaluation import evaluate_detector, format_metrics, model_inputs
 from geomim_hf.hub import write_model_card
 from geomim_hf.models.bevdet import DETECTION_PRESETS, GeoMIMBEVDetectionConfig, detection_config
@@ -168,57 +165,6 @@ def swin_layer_id(name: str, depths: list[int]) -> int:
     return sum(depths) + 1
 
 
-class ScenesOfProcess:
-    """The training samples of one process: its scenes, its copies per sample and epoch, its batch count."""
-
-    def __init__(self, args: argparse.Namespace, rank: int, world_size: int):
-        dataroot = str(args.dataroot.resolve())
-        nusc = nuscenes_database(dataroot, args.version)
-        scenes = scenes_of_split(dataroot, args.version, args.train_split)
-        if len(scenes) < world_size:
-            raise ValueError(f"split {args.train_split!r} has {len(scenes)} scenes for {world_size} processes: every "
-                             f"process needs at least one")
-        scene_by_name = {scene["name"]: scene for scene in nusc.scene}
-        self.tokens_per_scene = {}
-        for name in scenes:
-            tokens, token = [], scene_by_name[name]["first_sample_token"]
-            while token:
-                tokens.append(token)
-                token = nusc.get("sample", token)["next"]
-            self.tokens_per_scene[name] = tokens
-        self.assignment = [scenes[index::world_size] for index in range(world_size)]
-        self.scenes = self.assignment[rank]
-        self.expected = expected_copies(sample_classes(dataroot, args.version, args.train_split)) if args.cbgs \
-            else None
-        self.args = args
-
-    def copies(self, token: str, epoch: int) -> int:
-        return 1 if self.expected is None else copies_this_epoch(self.expected[token], self.args.seed, epoch, token)
-
-    def batches_per_epoch(self) -> int:
-        """The batches every process takes per epoch: what the process with the fewest samples surely has (with CBGS,
-        the copies rounded down), so that no process runs out early and all take the same number of steps."""
-        def surely(token: str) -> int:
-            return 1 if self.expected is None else math.floor(self.expected[token])
-        counts = [sum(surely(token) for scene in scenes for token in self.tokens_per_scene[scene])
-                  for scenes in self.assignment]
-        return min(counts) // self.args.per_device_train_batch_size
-
-    def dataset(self, epoch: int, previous_frames: int):
-        dataset = load_nuscenes(self.args.dataroot, self.args.version, self.args.train_split,
-                                num_sweeps=self.args.num_sweeps, previous_frames=previous_frames,
-                                decode_images=False, scenes=self.scenes)
-        if self.expected is not None:
-            def repeat(examples: dict) -> dict:
-                copies = [self.copies(token, epoch) for token in examples["sample_token"]]
-                return {key: [value for value, count in zip(values, copies) for _ in range(count)]
-                        for key, values in examples.items()}
-            dataset = dataset.map(repeat, batched=True, batch_size=1)
-        dataset = dataset.shuffle(seed=self.args.seed, buffer_size=self.args.shuffle_buffer_size)
-        dataset.set_epoch(epoch)
-        return dataset
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     accelerator = training.make_accelerator(args, project_name="finetune_bevdet")
@@ -233,12 +179,17 @@ def main(argv: list[str] | None = None) -> None:
                                        num_layers=sum(depths) + 2, layer_decay=args.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
 
-    samples = ScenesOfProcess(args, accelerator.process_index, accelerator.num_processes)
+    samples = TrainingScenes(args.dataroot, args.version, args.train_split, accelerator.process_index,
+                             accelerator.num_processes, batch_size=args.per_device_train_batch_size,
+                             gradient_accumulation_steps=args.gradient_accumulation_steps, cbgs=args.cbgs,
+                             seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size)
     print(f"process {accelerator.process_index}: training scenes: {json.dumps(samples.scenes)}", flush=True)
     batches_per_epoch = samples.batches_per_epoch()
     steps_per_epoch, max_train_steps, num_epochs = training.training_steps(args, batches_per_epoch)
-    scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps,
-                                           num_training_steps=max_train_steps)
+    # accelerate's prepared scheduler steps once per process for every optimiser step (as in the no_trainer examples).
+    scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer,
+                                           num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+                                           num_training_steps=max_train_steps * accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     ema = None
     if args.ema:
@@ -258,8 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     for epoch in range(resumed.starting_epoch, num_epochs):
         collate.seed = args.seed * 1_000_003 + epoch  # augmentation: a function of the seed, epoch and samples
-        loader = DataLoader(samples.dataset(epoch, config.num_previous_frames), collate_fn=collate,
-                            batch_size=args.per_device_train_batch_size, num_workers=args.dataloader_num_workers)
+        dataset = samples.dataset(epoch, num_sweeps=args.num_sweeps, previous_frames=config.num_previous_frames,
+                                  decode_images=False)
+        # Its own generator: a loader draws a seed when it starts, which must not move the global random state that
+        # a resumed run restores.
+        loader = DataLoader(dataset, collate_fn=collate, batch_size=args.per_device_train_batch_size,
+                            num_workers=args.dataloader_num_workers,
+                            generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
         skip = resumed.batches_to_skip if epoch == resumed.starting_epoch else 0
         zero_previous = epoch < args.previous_frame_start_epoch
         for index, batch in enumerate(training.iterate_batches(loader, skip), start=skip):
@@ -306,8 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     final = accelerator.unwrap_model(model)
     if ema is not None:
         ema.copy_to(final)
-    # Every process holds the same weights after the last synchronised step; a digest makes that checkable.
-    print(f"process {accelerator.process_index}: final weights sha256 {weights_digest(final)}", flush=True)
+    # Every process holds the same parameters after the last synchronised step (BatchNorm statistics are per
+    # process; the main process's are saved); digests make that checkable.
+    print(f"process {accelerator.process_index}: final parameters sha256 {weights_digest(final, buffers=False)}, "
+          f"state sha256 {weights_digest(final)}", flush=True)
     metrics = {}
     if args.eval_split != "none":
         metrics = evaluate(model, processor, args, accelerator, output_dir)
@@ -331,10 +289,11 @@ def evaluate(model, processor, args, accelerator, output_dir: Path) -> dict[str,
     return metrics
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of every tensor of the model's state dict, in key order."""
+def weights_digest(model: torch.nn.Module, buffers: bool = True) -> str:
+    """SHA-256 of every tensor of the model's state dict (or of its parameters only), in key order."""
     digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
+    tensors = model.state_dict() if buffers else dict(model.named_parameters())
+    for key, value in sorted(tensors.items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,12 +37,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.utils import cached_file
 
-# TODO(training.py): ScenesOfProcess (each process's scenes, CBGS copies and common batch count) belongs in the package;
-# it is imported from the sibling script until it moves there.
-from finetune_bevdet import ScenesOfProcess
 from geomim_hf import GeoMIMForPretraining, GeoMIMModel, GeoMIMPretrainingConfig, training
 from geomim_hf.data import GeoMIMImageProcessor
 from geomim_hf.data.pretraining_collate import PretrainingCollator
+from geomim_hf.data.training_scenes import TrainingScenes
 from geomim_hf.models.geomim.modeling_geomim_pretraining import bev_cosine_similarity
 from geomim_hf.models.lidar_teacher import (
     GeoMIMLidarTeacher,
@@ -193,24 +189,6 @@ def check_teacher_shape(teacher_config: GeoMIMLidarTeacherConfig, config: GeoMIM
                          f"reconstructs {expected}: pick a teacher and a --config_name that agree")
 
 
-@dataclasses.dataclass
-class SeededCollate:
-    """Draws each batch's augmentation from a generator seeded by the run's seed, the epoch and the batch's samples,
-    so that it does not depend on what came before: a resumed run (which reads the skipped batches again) augments
-    as the uninterrupted one did, and DataLoader workers do not repeat one another's draws."""
-
-    # TODO(pretraining_collate.py): NuScenesCollator has this as its `seed` field; PretrainingCollator should too.
-    collate: PretrainingCollator
-    seed: int
-    epoch: int
-
-    def __call__(self, examples: list[dict]) -> dict:
-        tokens = [example["sample_token"] for example in examples]
-        digest = hashlib.sha256(f"{self.seed}/{self.epoch}/{tokens}".encode()).digest()
-        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-        return dataclasses.replace(self.collate, generator=generator)(examples)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     accelerator = training.make_accelerator(args, project_name="geomim_pretraining")
@@ -225,14 +203,16 @@ def main(argv: list[str] | None = None) -> dict:
     collate = PretrainingCollator(processor, augment=not args.no_augmentation, depth_downsample=config.feature_stride)
     teacher_targets, teacher_description = build_teacher_targets(args, config, accelerator.device)
 
-    samples = ScenesOfProcess(args, accelerator.process_index, accelerator.num_processes)
+    samples = TrainingScenes(args.dataroot, args.version, args.train_split, accelerator.process_index,
+                             accelerator.num_processes, batch_size=args.per_device_train_batch_size,
+                             gradient_accumulation_steps=args.gradient_accumulation_steps, cbgs=args.cbgs,
+                             seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size)
     batches_per_epoch = samples.batches_per_epoch()
     steps_per_epoch, max_train_steps, num_train_epochs = training.training_steps(args, batches_per_epoch)
     samples_per_epoch = batches_per_epoch * args.per_device_train_batch_size * accelerator.num_processes
 
-    # num_layers=1: one layer id, no layer-wise decay in pretraining.
     optimizer = torch.optim.AdamW(
-        training.parameter_groups(model, args.learning_rate, args.weight_decay, num_layers=1), lr=args.learning_rate
+        training.parameter_groups(model, args.learning_rate, args.weight_decay), lr=args.learning_rate
     )
     scheduler_type = "cosine_with_min_lr" if args.lr_scheduler_type == "cosine" else args.lr_scheduler_type
     # accelerate steps a prepared scheduler once per process at every optimiser step, hence the factors (as in
@@ -244,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         num_training_steps=max_train_steps * accelerator.num_processes,
         scheduler_specific_kwargs={"min_lr_rate": MIN_LR_RATE} if scheduler_type == "cosine_with_min_lr" else None,
     )
-    # The loader is not prepared: each process streams its own scenes (ScenesOfProcess).
+    # The loader is not prepared: each process streams its own scenes (TrainingScenes).
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     state = training.resume(accelerator, args, batches_per_epoch)
 
@@ -260,8 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
         model.train()
         # Its own generator: a loader draws a seed when it starts, which must not move the global random state that
         # a resumed run restores (it draws the masks).
-        loader = DataLoader(samples.dataset(epoch, previous_frames=0), batch_size=args.per_device_train_batch_size,
-                            collate_fn=SeededCollate(collate, args.seed, epoch),
+        collate.seed = args.seed * 1_000_003 + epoch  # augmentation: a function of the seed, epoch and samples
+        dataset = samples.dataset(epoch, num_sweeps=args.num_sweeps, decode_images=False)
+        loader = DataLoader(dataset, batch_size=args.per_device_train_batch_size, collate_fn=collate,
                             num_workers=args.dataloader_num_workers,
                             generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
         skip = state.batches_to_skip if epoch == state.starting_epoch else 0

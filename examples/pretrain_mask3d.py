@@ -127,8 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world_size = accelerator.process_index, accelerator.num_processes
 
     plan = plan_training(args, collator, accelerator)
-    # num_layers=1: training.parameter_groups needs it even without layer decay (reported to its owner).
-    groups = training.parameter_groups(model, args.learning_rate, args.weight_decay, num_layers=1)
+    groups = training.parameter_groups(model, args.learning_rate, args.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, betas=(0.9, 0.95))
     scheduler = make_scheduler(args, optimizer, plan, world_size)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)

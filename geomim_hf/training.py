@@ -156,7 +156,7 @@ def parameter_groups(
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        layer = num_layers - 1 if layer_id is None else layer_id(name)
+        layer = 0 if layer_id is None else layer_id(name)
         if layer_id is not None and not 0 <= layer < num_layers:
             raise ValueError(f"layer_id({name!r}) = {layer} is outside [0, {num_layers})")
         decays = not no_weight_decay(name, parameter)
@@ -292,13 +292,19 @@ def command_line() -> str:
     return " ".join(shlex.quote(part) for part in [Path(sys.executable).name, *sys.argv])
 
 
+# Run by-products that stay local: resumable states, tracker logs (accelerate writes them under the project's name),
+# intermediate evaluations and the devkit's own summaries. fnmatch's `*` also matches `/`.
+UPLOAD_IGNORE_PATTERNS = ["step_*", "epoch_*", "eval_epoch_*", "devkit/*", "*events.out.tfevents*", "*hparams.yml",
+                          "*.tmp"]
+
+
 def push_output_dir(args: argparse.Namespace, output_dir: Path, commit_message: str) -> str | None:
     """Uploads the final model folder to ``--hub_model_id`` with ``--push_to_hub``: weights, configs, processor and
     card, never the intermediate ``step_N`` / ``epoch_N`` states or tracker logs. Returns the commit URL."""
     if not args.push_to_hub:
         return None
     return upload_folder_to_hub(args.hub_model_id, output_dir, commit_message, token=args.hub_token,
-                                ignore_patterns=["step_*", "epoch_*", "runs/*", "*/events.out.tfevents*", "*.tmp"])
+                                ignore_patterns=UPLOAD_IGNORE_PATTERNS)
 
 
 def iterate_batches(loader: Iterable, skip: int) -> Iterable:

@@ -145,12 +145,14 @@ def test_two_processes_train_on_different_scenes_and_save_rank_zero(tmp_path, mi
     scenes = [json.loads(line.split("scenes: ", 1)[1]) for line in lines if "scenes: " in line]
     assert len(scenes) == 2 and not set(scenes[0]) & set(scenes[1])
     assert sorted(scenes[0] + scenes[1]) == sorted(split_scenes(root, "mini_train"))
-    # both processes end with the same weights, and the saved model is them
-    digests = {line.split("weights sha256 ", 1)[1] for line in lines if "weights sha256 " in line}
-    assert len(digests) == 1
+    # both processes end with the same parameters, and the saved model is the main process's state
+    reports = {int(line.split()[1].rstrip(":")): line for line in lines if "final parameters sha256 " in line}
+    assert sorted(reports) == [0, 1]
+    parameters = {line.split("parameters sha256 ", 1)[1].split(",")[0] for line in reports.values()}
+    assert len(parameters) == 1
     finetune = load_example("finetune_bevdet")
     saved = GeoMIMForBEVDetection.from_pretrained(output_dir)
-    assert finetune.weights_digest(saved) == digests.pop()
+    assert finetune.weights_digest(saved) == reports[0].split("state sha256 ", 1)[1]
 
 
 def split_scenes(root, split):

@@ -42,6 +42,15 @@ def previous_camera_to_key_ego(example: dict, frame: int = 0) -> np.ndarray:
                               example["ego_to_global"])
 
 
+def batch_generator(seed: int, examples: list[dict]) -> torch.Generator:
+    """A generator seeded by ``seed`` and the batch's sample tokens: augmentation that is a function of the run's seed
+    and the samples only, whatever process or DataLoader worker collates the batch (workers get copies of a collator,
+    so a shared generator would repeat the same draws in each of them) and whatever came before (a resumed run
+    augments as the uninterrupted one did)."""
+    digest = hashlib.sha256(f"{seed}/{[example['sample_token'] for example in examples]}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
 def pad_rows(arrays: list[torch.Tensor], fill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack B tensors (R_b, C) into (B, max R_b, C) and a (B, max R_b) mask of real rows."""
     rows = max((len(a) for a in arrays), default=0)
@@ -79,9 +88,8 @@ class NuScenesCollator:
         drop_boxes_without_points: leave boxes that no LiDAR or radar point hits out of the targets, as BEVDet's
             info files do (``valid_flag``).
         generator: source of the random augmentation.
-        seed: instead of ``generator``, draw each batch's augmentation from a generator seeded by this and the
-            batch's sample tokens: reproducible whatever process or DataLoader worker collates the batch (workers
-            get copies of the collator, so a shared generator would repeat the same draws in each of them).
+        seed: instead of ``generator``, draw each batch's augmentation from :func:`batch_generator` (this seed and
+            the batch's sample tokens).
     """
 
     processor: GeoMIMImageProcessor
@@ -102,10 +110,7 @@ class NuScenesCollator:
         if self.previous_frames and "previous_images" not in examples[0]:
             raise ValueError("previous_frames=1 needs examples from load_nuscenes(..., previous_frames=1)")
         intrinsics = np.stack([example["camera_intrinsics"] for example in examples])
-        generator = self.generator
-        if self.seed is not None:
-            digest = hashlib.sha256(f"{self.seed}/{[example['sample_token'] for example in examples]}".encode())
-            generator = torch.Generator().manual_seed(int.from_bytes(digest.digest()[:8], "little"))
+        generator = self.generator if self.seed is None else batch_generator(self.seed, examples)
         augmentations = self.processor.sample_augmentations(len(examples), intrinsics.shape[1], self.augment,
                                                             generator)
         boxes, labels = zip(*(self.targets(example) for example in examples))

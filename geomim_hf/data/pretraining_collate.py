@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..geometry import lidar_depth_targets
-from .collate import camera_to_key_ego, pad_rows
+from .collate import batch_generator, camera_to_key_ego, pad_rows
 from .image_processing_geomim import GeoMIMImageProcessor, camera_vector
 
 
@@ -59,12 +59,15 @@ class PretrainingCollator:
         augment: draw the training augmentation (image augmentation and BEV flips).
         depth_downsample: patch size of the depth targets, the stride of the depth branch (16 in GeoMIM).
         generator: source of the augmentation draws.
+        seed: instead of ``generator``, draw each batch's augmentation from
+            :func:`~geomim_hf.data.collate.batch_generator` (this seed and the batch's sample tokens).
     """
 
     processor: GeoMIMImageProcessor = dataclasses.field(default_factory=GeoMIMImageProcessor.geomim_pretraining)
     augment: bool = False
     depth_downsample: int = 16
     generator: torch.Generator | None = None
+    seed: int | None = None
 
     def __call__(self, examples: list[dict]) -> dict:
         for example in examples:
@@ -77,7 +80,7 @@ class PretrainingCollator:
             camera_to_ego=np.stack([camera_to_key_lidar(example) for example in examples]),
             points=[points_in_lidar_frame(example) for example in examples],
             augment=self.augment,
-            generator=self.generator,
+            generator=self.generator if self.seed is None else batch_generator(self.seed, examples),
         )
         points, points_mask = pad_rows(batch["points"])
         static_camera_to_ego = torch.as_tensor(np.stack([example["camera_to_ego"] for example in examples]),
