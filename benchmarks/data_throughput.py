@@ -4,7 +4,10 @@ LiDAR and depth targets, through ``load_nuscenes`` + ``NuScenesCollator`` with 0
 Baseline, run in the same process on the same data: the naive loop that calls the devkit per sample without caching
 its tables (a new ``NuScenes`` per sample), then does the same decoding and processing.
 
-    python benchmarks/data_throughput.py [--image-size 800 450] [--samples-per-scene 5]
+Then the training step rate (samples/s at batch 1) of the detection presets it feeds, measured in fresh processes of
+the same run: the loader must outrun the step.
+
+    python benchmarks/data_throughput.py [--image-size 800 450] [--samples-per-scene 5] [--step-presets tiny]
 """
 
 from __future__ import annotations
@@ -45,10 +48,22 @@ def naive_rate(root: Path, collate: NuScenesCollator, samples: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
+def _finetune_step_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "finetune_step.py"
+    spec = importlib.util.spec_from_file_location("finetune_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--image-size", type=int, nargs=2, default=(800, 450), metavar=("W", "H"))
     parser.add_argument("--samples-per-scene", type=int, default=5)
+    parser.add_argument("--step-presets", nargs="*", default=["tiny", "bevdet4d-swinb-256x704"],
+                        help="detection presets whose training step rate to print beside the loader's")
     args = parser.parse_args()
     collate = NuScenesCollator(GeoMIMImageProcessor.bevdet_finetuning(), augment=True,
                                generator=torch.Generator().manual_seed(0))
@@ -62,6 +77,11 @@ def main() -> None:
             rate = pipeline_rate(root, collate, num_workers)
             print(f"config=workers{num_workers}_images{args.image_size[0]}x{args.image_size[1]}_sweeps{NUM_SWEEPS} "
                   f"samples_per_s={rate:.2f} baseline={baseline:.2f} ratio={rate / baseline:.2f}")
+    # What the loader must keep up with: training steps of the detection presets at batch 1 (fp32, this device).
+    finetune_step = _finetune_step_module()
+    for preset in args.step_presets:
+        step_s = finetune_step.train_step_seconds(preset)["results"]["train_step"]["seconds"]
+        print(f"preset={preset} train_samples_per_s={1 / step_s:.2f} (batch 1; the loader above must be faster)")
 
 
 if __name__ == "__main__":

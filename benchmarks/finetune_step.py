@@ -57,6 +57,19 @@ def loader_rate(preset: str, root: Path, num_workers: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def train_step_seconds(preset: str, device: str = "cpu", dtype: str = "fp32", repeats: int = 2,
+                       threads: int | None = None) -> dict:
+    """`detection.py`'s measurement of one configuration, in a fresh process: its report (step seconds, peak)."""
+    detection = _module(HERE / "detection.py", "detection_benchmark")
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=detection.measure, args=(preset, device, dtype, repeats, threads, queue))
+    process.start()
+    report = queue.get()
+    process.join()
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--presets", nargs="+", default=["tiny", "bevdet4d-swinb-256x704"])
@@ -65,9 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     from geomim_hf.data.synthetic import generate_nuscenes
 
-    detection = _module(HERE / "detection.py", "detection_benchmark")
     finetune = _module(HERE.parent / "examples" / "finetune_bevdet.py", "finetune_bevdet")
-    context = multiprocessing.get_context("spawn")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as folder:
         for preset in args.presets:
@@ -77,12 +88,7 @@ def main() -> None:
             samples_per_s = loader_rate(preset, root, workers)
             for device in devices:
                 for dtype in ("fp32", "bf16"):
-                    queue = context.Queue()
-                    process = context.Process(target=detection.measure,
-                                              args=(preset, device, dtype, args.repeats, args.threads, queue))
-                    process.start()
-                    report = queue.get()
-                    process.join()
+                    report = train_step_seconds(preset, device, dtype, args.repeats, args.threads)
                     step_s = report["results"]["train_step"]["seconds"]
                     print(f"preset={preset} device={device} dtype={dtype} steps_per_s={1 / step_s:.3f} "
                           f"samples_per_s_per_step={1 / step_s:.3f} peak_mib={report['peak_mib']:.0f} "
