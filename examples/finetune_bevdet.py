@@ -58,7 +58,7 @@ TRAINING_PRESETS = {
     # Overfits a few synthetic scenes into a useful detector within minutes on 2 CPU cores.
     "tiny": {
         "learning_rate": 2e-3, "weight_decay": 0.01, "layer_decay": 1.0, "lr_scheduler_type": "cosine",
-        "num_warmup_steps": 20, "max_grad_norm": 5.0, "num_train_epochs": 30, "per_device_train_batch_size": 2,
+        "num_warmup_steps": 20, "max_grad_norm": 5.0, "num_train_epochs": 60, "per_device_train_batch_size": 2,
         "ema": False, "cbgs": False, "previous_frame_start_epoch": 0, "num_sweeps": 1, "augment": False,
         "dataloader_num_workers": 1, "eval_every_epochs": 0,
     },
