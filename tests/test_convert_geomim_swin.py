@@ -295,3 +295,38 @@ def test_timm_swin_converts_with_shifted_windows_and_matches_timm(timm_swin):
     converted = model.state_dict()
     assert official.keys() == converted.keys()
     assert all(torch.equal(official[key], converted[key]) for key in converted)
+
+
+def test_mmdet_encoder_without_position_embedding_is_the_shifted_window_baseline():
+    """BEVDet's `SwinTransformerOri` (the ImageNet baseline of GeoMIM's table) has no absolute position embedding and
+    shifts its windows; `auto` must infer the shift, or the outputs are off by ~1."""
+    torch.manual_seed(1)
+    baseline = MMDetGeoMIMSwin(embed_dim=16, depths=(2, 2, 2, 2), heads=(1, 2, 2, 4), windows=(4, 4, 4, 2),
+                               absolute_position=False, shift_windows=True).eval()
+    perturb_(baseline)
+    model, _ = convert_checkpoint({"state_dict": {f"img_backbone.{k}": v for k, v in baseline.state_dict().items()}})
+    assert model.config.shift_windows and not model.config.use_absolute_embeddings
+    images = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        expected = baseline(images)
+        outputs = model(images).feature_maps
+    for ours, theirs in zip(outputs, expected):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_released_widths_with_other_depths_are_refused_unless_custom():
+    from geomim_hf.models.geomim.conversion_geomim import released_swin_size
+
+    assert released_swin_size(GeoMIMConfig()) == "base"
+    assert released_swin_size(GeoMIMConfig(embed_dim=96, num_heads=[3, 6, 12, 24], depths=[2, 2, 6, 2])) == "tiny"
+    damaged = GeoMIMConfig(depths=[2, 2, 17, 2])  # Swin-B's widths, one block short
+    with pytest.raises(CheckpointConversionError, match=r"width of Swin base, but depths \[2, 2, 17, 2\]"):
+        released_swin_size(damaged)
+    assert released_swin_size(damaged, allow_custom=True) is None
+    assert released_swin_size(GeoMIMConfig(embed_dim=32, num_heads=[1, 2, 4, 8])) is None  # a custom width
+
+
+def test_a_gap_in_the_block_indices_is_named(reference):
+    state_dict = {key: value for key, value in reference.state_dict().items() if not key.startswith("stages.1.blocks.0.")}
+    with pytest.raises(CheckpointConversionError, match=r"Stage 1 of the checkpoint has blocks \[1\]: blocks \[0\]"):
+        convert_state_dict(state_dict)

@@ -5,6 +5,7 @@ devkit's mAP."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,19 +141,19 @@ def test_two_processes_train_on_different_scenes_and_save_rank_zero(tmp_path, mi
                "--max_train_steps", "2", "--eval_split", "none", "--checkpointing_steps", "2"]
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    # every process printed the scenes it trains on: disjoint, together the whole split
-    lines = result.stdout.splitlines()
-    scenes = [json.loads(line.split("scenes: ", 1)[1]) for line in lines if "scenes: " in line]
-    assert len(scenes) == 2 and not set(scenes[0]) & set(scenes[1])
+    # every process printed the scenes it trains on: disjoint, together the whole split (lines may share a terminal
+    # line with a progress bar, hence the search)
+    scenes = {int(match[0]): json.loads(match[1])
+              for match in re.findall(r"process (\d+): training scenes: (\[[^\]]*\])", result.stdout)}
+    assert sorted(scenes) == [0, 1] and not set(scenes[0]) & set(scenes[1])
     assert sorted(scenes[0] + scenes[1]) == sorted(split_scenes(root, "mini_train"))
     # both processes end with the same parameters, and the saved model is the main process's state
-    reports = {int(line.split()[1].rstrip(":")): line for line in lines if "final parameters sha256 " in line}
-    assert sorted(reports) == [0, 1]
-    parameters = {line.split("parameters sha256 ", 1)[1].split(",")[0] for line in reports.values()}
-    assert len(parameters) == 1
+    digests = {int(match[0]): match[1:] for match in re.findall(
+        r"process (\d+): final parameters sha256 (\w+), state sha256 (\w+)", result.stdout)}
+    assert sorted(digests) == [0, 1] and digests[0][0] == digests[1][0]
     finetune = load_example("finetune_bevdet")
     saved = GeoMIMForBEVDetection.from_pretrained(output_dir)
-    assert finetune.weights_digest(saved) == reports[0].split("state sha256 ", 1)[1]
+    assert finetune.weights_digest(saved) == digests[0][1]
 
 
 def split_scenes(root, split):
