@@ -65,7 +65,7 @@ def draw_nuscenes_sample(nusc, sample_token: str, out: Path, predictions: Sequen
             front = corners[:, :4].mean(axis=1)
             axis.plot([corners[0].mean(), front[0]], [corners[1].mean(), front[1]], **style)  # heading
             if dashed:
-                axis.text(*front, f"{box.score:.2f}", color=color, fontsize=7)
+                axis.text(*front, f"{box.score:.2f}", color=color, fontsize=7, clip_on=True)
 
     for index, channel in enumerate(CAMERA_CHANNELS):
         axis = figure.add_subplot(grid[index // 3, index % 3])
