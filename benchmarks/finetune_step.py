@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["tiny", "bevdet4d-swinb-256x704"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--loader_samples_per_scene", type=int, default=4,
+                        help="synthetic key frames per scene for the loader measurement (3 scenes, 2 train)")
     args = parser.parse_args()
     from geomim_hf.data.synthetic import generate_nuscenes
 
@@ -82,7 +84,8 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as folder:
         for preset in args.presets:
-            root = generate_nuscenes(Path(folder) / preset, scenes=3, samples_per_scene=5, sweeps=0,
+            root = generate_nuscenes(Path(folder) / preset, scenes=3, samples_per_scene=args.loader_samples_per_scene,
+                                     sweeps=0,
                                      image_size=SOURCE_IMAGE_SIZE[preset], progress=False)
             workers = finetune.TRAINING_PRESETS[preset]["dataloader_num_workers"]
             samples_per_s = loader_rate(preset, root, workers)

@@ -54,7 +54,10 @@ def test_finetune_writes_model_processor_metrics_submission_and_card(nuscenes_ro
                                                                      tmp_path):
     output_dir = tmp_path / "run"
     load_example("finetune_bevdet").main(finetune_args(nuscenes_root, nuscenes_spec, output_dir, micro_config,
-                                                       "--max_train_steps", "2", "--augment", "--ema"))
+                                                       "--max_train_steps", "2", "--augment", "--ema",
+                                                       "--with_tracking", "--report_to", "tensorboard",
+                                                       "--logging_steps", "1"))
+    assert list(output_dir.glob("finetune_bevdet/**/events.out.tfevents*"))  # the tensorboard log
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert {"mAP", "NDS", "AP_car", "AP_traffic_cone", "mATE"} <= set(metrics) and metrics["steps"] == 2
     submission = json.loads((output_dir / "results_nusc.json").read_text())
