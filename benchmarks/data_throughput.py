@@ -13,12 +13,16 @@ the same run: the loader must outrun the step.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+# The step-rate measurement runs in spawned processes that must import it by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import finetune_step  # noqa: E402
 from geomim_hf.data.collate import NuScenesCollator
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.data.nuscenes import load_nuscenes, nuscenes_database, sample_example
@@ -48,16 +52,6 @@ def naive_rate(root: Path, collate: NuScenesCollator, samples: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def _finetune_step_module():
-    import importlib.util
-
-    path = Path(__file__).resolve().parent / "finetune_step.py"
-    spec = importlib.util.spec_from_file_location("finetune_step", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--image-size", type=int, nargs=2, default=(800, 450), metavar=("W", "H"))
@@ -78,7 +72,6 @@ def main() -> None:
             print(f"config=workers{num_workers}_images{args.image_size[0]}x{args.image_size[1]}_sweeps{NUM_SWEEPS} "
                   f"samples_per_s={rate:.2f} baseline={baseline:.2f} ratio={rate / baseline:.2f}")
     # What the loader must keep up with: training steps of the detection presets at batch 1 (fp32, this device).
-    finetune_step = _finetune_step_module()
     for preset in args.step_presets:
         step_s = finetune_step.train_step_seconds(preset)["results"]["train_step"]["seconds"]
         print(f"preset={preset} train_samples_per_s={1 / step_s:.2f} (batch 1; the loader above must be faster)")

@@ -111,11 +111,32 @@ def measure(preset: str, device: str, dtype: str, repeats: int, threads: int | N
             step()
         synchronize()
         total = (time.perf_counter() - begin) / repeats
-        results[name] = {"seconds": total, **{part: value / repeats / total for part, value in seconds.items()
-                                               if not part.startswith("start/")}}
+        shares = {part: value / repeats / total for part, value in seconds.items() if not part.startswith("start/")}
+        # The hooks time forward passes; in a training step the rest is the backward pass and the loss.
+        results[name] = {"seconds": total, **shares, "rest": 1.0 - sum(shares.values())}
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     queue.put({"results": results, "peak_mib": peak / 2**20})
+
+
+def measure_in_fresh_process(preset: str, device: str, dtype: str, repeats: int, threads: int | None) -> dict:
+    """Runs :func:`measure` in a spawned process (so that its peak memory is its own) and returns its report; a child
+    that dies is an error, not a hang."""
+    import queue as queues
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=measure, args=(preset, device, dtype, repeats, threads, queue))
+    process.start()
+    while True:
+        try:
+            report = queue.get(timeout=5)
+            break
+        except queues.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the measurement of {preset} {device} {dtype} died (exit code {process.exitcode})")
+    process.join()
+    return report
 
 
 def main() -> None:
@@ -125,16 +146,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    context = multiprocessing.get_context("spawn")
     for device in devices:
         baseline = None
         for dtype in ("fp32", "bf16"):
-            queue = context.Queue()
-            process = context.Process(target=measure, args=(args.preset, device, dtype, args.repeats, args.threads,
-                                                            queue))
-            process.start()
-            report = queue.get()
-            process.join()
+            report = measure_in_fresh_process(args.preset, device, dtype, args.repeats, args.threads)
             results = report["results"]
             baseline = baseline or results
             for step in ("forward", "train_step"):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import multiprocessing
 import sys
 import tempfile
 import time
@@ -23,6 +22,9 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+# Importable by name, also in the spawned processes that run the measurements (they re-run this module's top).
+sys.path.insert(0, str(HERE))
+import detection  # noqa: E402
 SOURCE_IMAGE_SIZE = {"tiny": (352, 128), "bevdet4d-swinb-256x704": (1600, 900)}
 
 
@@ -60,14 +62,7 @@ def loader_rate(preset: str, root: Path, num_workers: int) -> float:
 def train_step_seconds(preset: str, device: str = "cpu", dtype: str = "fp32", repeats: int = 2,
                        threads: int | None = None) -> dict:
     """`detection.py`'s measurement of one configuration, in a fresh process: its report (step seconds, peak)."""
-    detection = _module(HERE / "detection.py", "detection_benchmark")
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=detection.measure, args=(preset, device, dtype, repeats, threads, queue))
-    process.start()
-    report = queue.get()
-    process.join()
-    return report
+    return detection.measure_in_fresh_process(preset, device, dtype, repeats, threads)
 
 
 def main() -> None:
@@ -94,7 +89,7 @@ def main() -> None:
                     report = train_step_seconds(preset, device, dtype, args.repeats, args.threads)
                     step_s = report["results"]["train_step"]["seconds"]
                     print(f"preset={preset} device={device} dtype={dtype} steps_per_s={1 / step_s:.3f} "
-                          f"samples_per_s_per_step={1 / step_s:.3f} peak_mib={report['peak_mib']:.0f} "
+                          f"peak_mib={report['peak_mib']:.0f} "
                           f"loader_workers={workers} loader_samples_per_s={samples_per_s:.2f} "
                           f"loader_vs_step={samples_per_s * step_s:.2f}", flush=True)
 
