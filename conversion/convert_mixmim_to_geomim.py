@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Wrote {args.output_dir}: {', '.join(written + ([DECODER_FILE] if decoder else []))}")
 
     if args.push_to_hub:
-        upload_folder_to_hub(args.push_to_hub, args.output_dir, f"Add {args.checkpoint.name} converted for GeoMIM pretraining")
+        upload_folder_to_hub(args.push_to_hub, args.output_dir,
+                             f"Add {args.checkpoint.name} converted for GeoMIM pretraining")
         print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
 
 

@@ -249,5 +249,5 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MODEL_INPUTS", "NuScenesDetectionEvaluator", "boxes_to_global", "SubmissionError", "default_attribute", "evaluate_detector",
-           "format_metrics", "model_inputs"]
+__all__ = ["MODEL_INPUTS", "NuScenesDetectionEvaluator", "SubmissionError", "boxes_to_global", "default_attribute",
+           "evaluate_detector", "format_metrics", "model_inputs"]
