@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
                              accelerator.num_processes, batch_size=args.per_device_train_batch_size,
                              gradient_accumulation_steps=args.gradient_accumulation_steps, cbgs=args.cbgs,
                              seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size)
-    print(f"process {accelerator.process_index}: training scenes: {json.dumps(samples.scenes)}", flush=True)
+    print_from_this_process(accelerator, f"training scenes: {json.dumps(samples.scenes)}")
     batches_per_epoch = samples.batches_per_epoch()
     steps_per_epoch, max_train_steps, num_epochs = training.training_steps(args, batches_per_epoch)
     # accelerate's prepared scheduler steps once per process for every optimiser step (as in the no_trainer examples).
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         ema.copy_to(final)
     # Every process holds the same parameters after the last synchronised step (BatchNorm statistics are per
     # process; the main process's are saved); digests make that checkable.
-    print(f"process {accelerator.process_index}: final parameters sha256 {weights_digest(final, buffers=False)}, "
-          f"state sha256 {weights_digest(final)}", flush=True)
+    print_from_this_process(accelerator, f"final parameters sha256 {weights_digest(final, buffers=False)}, "
+                                         f"state sha256 {weights_digest(final)}")
     metrics = {}
     if args.eval_split != "none":
         metrics = evaluate(model, processor, args, accelerator, output_dir)
@@ -287,6 +287,13 @@ def evaluate(model, processor, args, accelerator, output_dir: Path) -> dict[str,
     if metrics:
         print(format_metrics(metrics))
     return metrics
+
+
+def print_from_this_process(accelerator, message: str) -> None:
+    """Prints one line tagged with the process index in a single write: `print` writes the text and the newline
+    separately when stdout is unbuffered, and the lines of concurrent processes then run into each other."""
+    sys.stdout.write(f"process {accelerator.process_index}: {message}\n")
+    sys.stdout.flush()
 
 
 def weights_digest(model: torch.nn.Module, buffers: bool = True) -> str:
