@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pyquaternion import Quaternion
 from tqdm.auto import tqdm
 
 from ..nuscenes_constants import (

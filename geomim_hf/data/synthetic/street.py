@@ -13,7 +13,7 @@ import math
 import numpy as np
 from pyquaternion import Quaternion
 
-from .raycast import GROUND, NO_HIT, OrientedBoxes, box_face_coordinates, cast_rays
+from .raycast import GROUND, NO_HIT, OrientedBoxes, RayHits, box_face_coordinates, cast_rays
 from .rig import (
     CAMERA_MOUNTS,
     LIDAR_ELEVATIONS_DEG,
