@@ -290,8 +290,8 @@ def evaluate(model, processor, args, accelerator, output_dir: Path) -> dict[str,
 
 
 def print_from_this_process(accelerator, message: str) -> None:
-    """Prints one line tagged with the process index in a single write: `print` writes the text and the newline
-    separately when stdout is unbuffered, and the lines of concurrent processes then run into each other."""
+    """Prints one line tagged with the process index in a single write: torchrun starts workers unbuffered
+    (`python -u`), where `print` writes the text and the newline separately and concurrent lines run into each other."""
     sys.stdout.write(f"process {accelerator.process_index}: {message}\n")
     sys.stdout.flush()
 
