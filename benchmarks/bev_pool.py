@@ -49,9 +49,8 @@ import torch
 
 from geomim_hf.data.nuscenes_constants import CAMERA_CHANNELS
 from geomim_hf.data.synthetic.rig import CAMERA_MOUNTS, camera_intrinsics, camera_rotation
+from geomim_hf import GeoMIMBEVConfig, GeoMIMPretrainingConfig
 from geomim_hf.geometry import (
-    BEVDET_GRID,
-    GEOMIM_PRETRAINING_GRID,
     BEVGrid,
     BEVPoolIndex,
     bev_pool,
@@ -60,7 +59,8 @@ from geomim_hf.geometry import (
     voxel_indices,
 )
 
-CONFIGS = {"finetune": BEVDET_GRID, "pretrain": GEOMIM_PRETRAINING_GRID}
+CONFIGS = {"finetune": GeoMIMBEVConfig.from_preset("bevdet4d-swinb-256x704").grid,
+           "pretrain": GeoMIMPretrainingConfig().bev_grid}
 IMAGE_SIZE, STRIDE, CHANNELS = (256, 704), 16, 80
 METHODS = ("ours", "naive", "cumsum")
 

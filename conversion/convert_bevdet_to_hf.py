@@ -25,8 +25,12 @@ from geomim_hf.hub import (
     upload_folder_to_hub,
 )
 from geomim_hf.models.bevdet import GeoMIMBEVDetectionConfig
-from geomim_hf.models.bevdet.configuration_bevdet import PRESET_GEOMETRY
-from geomim_hf.models.bevdet.conversion_bevdet import DetectorConversionReport, convert_detector_checkpoint
+from geomim_hf.models.bev.configuration_bev import BEV_PRESETS
+from geomim_hf.models.bevdet.conversion_bevdet import (
+    DetectorConversionReport,
+    convert_detector_checkpoint,
+    preset_geometry,
+)
 from geomim_hf.models.geomim.conversion_geomim import (
     CheckpointConversionError,
     load_checkpoint_file,
@@ -40,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (.pth, .pt or .safetensors)")
     add_conversion_output_arguments(parser, "the converted model")
-    parser.add_argument("--preset", choices=sorted(PRESET_GEOMETRY), default="bevdet4d-swinb-256x704",
+    parser.add_argument("--preset", choices=sorted(BEV_PRESETS), default="bevdet4d-swinb-256x704",
                         help="what the weights cannot tell: grid, depth bins, image size, index truncation")
     parser.add_argument("--custom_encoder", action="store_true",
                         help="accept an encoder with the width of a released Swin but other depths or heads")
@@ -51,29 +55,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def describe(config: GeoMIMBEVDetectionConfig) -> dict[str, str]:
     """The card's architecture fields."""
-    encoder = config.encoder_config
+    trunk = config.bev_config
+    encoder = trunk.encoder_config
     kind = "GeoMIM Swin (windows never shifted, absolute position embedding)" if not encoder.shift_windows else \
         "Swin with shifted windows, no absolute position embedding (ImageNet initialisation)"
-    grid = config.grid
+    grid = trunk.grid
     return {
-        "detector": "BEVDet4D, one previous key frame aligned in the view transform" if config.num_previous_frames
+        "detector": "BEVDet4D, one previous key frame aligned in the view transform" if trunk.num_previous_frames
         else "BEVDet, single frame",
         "encoder": f"{kind}: embed {encoder.embed_dim}, depths {encoder.depths}, heads {encoder.num_heads}, "
                    f"windows {encoder.window_size}",
-        "image_neck_channels": config.image_neck_channels,
+        "image_neck_channels": trunk.image_neck_channels,
         "depth_bins": grid.num_depth_bins,
-        "context_channels": config.context_channels,
+        "context_channels": trunk.context_channels,
         "grid": f"{grid.num_x} x {grid.num_y} (cells of {grid.x[2]} m)",
-        "bev_encoder": f"{config.bev_encoder_blocks} blocks, channels {config.bev_encoder_channels}",
-        "bev_neck_channels": config.bev_neck_channels,
+        "bev_encoder": f"{trunk.bev_encoder_blocks} blocks, channels {trunk.bev_encoder_channels}",
+        "bev_neck_channels": trunk.bev_neck_channels,
         "tasks": f"{len(config.tasks)} task(s) {config.tasks}",
-        "image_size": f"{config.image_size[0]} x {config.image_size[1]}",
+        "image_size": f"{trunk.image_size[0]} x {trunk.image_size[1]}",
     }
 
 
 def render_card(config: GeoMIMBEVDetectionConfig, report: DetectorConversionReport, checkpoint: Path,
                 preset: str, repo_id: str) -> str:
-    geomim = not config.encoder_config.shift_windows
+    geomim = not config.bev_config.encoder_config.shift_windows
     title = "GeoMIM Swin-B BEVDet4D (256 x 704)" if geomim else "ImageNet Swin-B BEVDet4D baseline (256 x 704)"
     description = (
         "The BEVDet4D detector that GeoMIM finetunes from its pretrained Swin-B encoder "
@@ -85,7 +90,7 @@ def render_card(config: GeoMIMBEVDetectionConfig, report: DetectorConversionRepo
     record = "\n".join([
         "## Conversion record", "",
         f"- Source file: `{checkpoint.name}` (SHA-256 `{file_sha256(checkpoint)}`)",
-        f"- Preset: `{preset}` ({PRESET_GEOMETRY[preset]})",
+        f"- Preset: `{preset}` ({preset_geometry(preset)})",
         "- Converter: `conversion/convert_bevdet_to_hf.py` (geomim_hf), strict load, report below", "",
         "```text", report.format(), "```",
     ])
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.output_dir)
     GeoMIMImageProcessor.bevdet_finetuning(
-        size={"height": model.config.image_size[0], "width": model.config.image_size[1]}
+        size={"height": model.config.bev_config.image_size[0], "width": model.config.bev_config.image_size[1]}
     ).save_pretrained(args.output_dir)
     repo_id = args.push_to_hub or str(args.output_dir)
     (args.output_dir / "README.md").write_text(render_card(model.config, report, args.checkpoint, args.preset,

@@ -8,6 +8,7 @@ Importing the package registers its models and image processor with the transfor
 from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining
 
 from .data.image_processing_geomim import GeoMIMImageProcessor
+from .models.bev import GeoMIMBEVConfig, GeoMIMBEVModel, GeoMIMBEVModelOutput
 from .models.bevdet import GeoMIMBEVDetectionConfig, GeoMIMBEVDetectionOutput, GeoMIMForBEVDetection
 from .models.geomim import (
     GeoMIMBackbone,
@@ -39,6 +40,9 @@ AutoConfig.register(GeoMIMConfig.model_type, GeoMIMConfig)
 AutoModel.register(GeoMIMConfig, GeoMIMModel)
 AutoBackbone.register(GeoMIMConfig, GeoMIMBackbone)
 AutoImageProcessor.register(GeoMIMConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
+AutoConfig.register(GeoMIMBEVConfig.model_type, GeoMIMBEVConfig)
+AutoModel.register(GeoMIMBEVConfig, GeoMIMBEVModel)
+AutoImageProcessor.register(GeoMIMBEVConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
 AutoConfig.register(GeoMIMBEVDetectionConfig.model_type, GeoMIMBEVDetectionConfig)
 AutoModel.register(GeoMIMBEVDetectionConfig, GeoMIMForBEVDetection)
 AutoImageProcessor.register(GeoMIMBEVDetectionConfig, image_processor_classes={"pil": GeoMIMImageProcessor})
@@ -52,8 +56,11 @@ AutoConfig.register(GeoMIMPretrainingConfig.model_type, GeoMIMPretrainingConfig)
 AutoModelForPreTraining.register(GeoMIMPretrainingConfig, GeoMIMForPretraining)
 
 __all__ = [
+    "GeoMIMBEVConfig",
     "GeoMIMBEVDetectionConfig",
     "GeoMIMBEVDetectionOutput",
+    "GeoMIMBEVModel",
+    "GeoMIMBEVModelOutput",
     "GeoMIMBackbone",
     "GeoMIMConfig",
     "GeoMIMForBEVDetection",

@@ -11,8 +11,8 @@ import torch
 
 from geomim_hf.data.nuscenes_constants import CAMERA_CHANNELS
 from geomim_hf.data.synthetic.rig import CAMERA_MOUNTS, camera_rotation
-from geomim_hf.geometry import BEVDET_GRID, BEVGrid, BEVPoolIndex, bev_pool, create_frustum, frustum_to_ego
-from test_geometry import IMAGE_AUGMENTATION, nuscenes_rig
+from geomim_hf.geometry import BEVGrid, BEVPoolIndex, bev_pool, create_frustum, frustum_to_ego
+from test_geometry import BEVDET_GRID, IMAGE_AUGMENTATION, nuscenes_rig
 
 STRIDE = 16
 IMAGE_SIZE = IMAGE_AUGMENTATION.output_size

@@ -5,6 +5,7 @@ detector functionally on them (BEVDet's own geometry, `.long()` voxel indexing, 
 converted `GeoMIMForBEVDetection` must give the same raw head outputs.
 """
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -63,8 +64,8 @@ def test_converted_detector_matches_the_original(name, tmp_path):
     state_dict = random_state_dict(spec, seed=3)
     path = save_checkpoint(state_dict, tmp_path / "detector.pth", layout="ema" if spec.temporal else "released")
     model, report = convert_detector_checkpoint(load_checkpoint_file(path), SMALL_PRESET)
-    assert model.config.encoder_config.shift_windows == spec.shifted_windows
-    assert model.config.num_previous_frames == int(spec.temporal)
+    assert model.config.bev_config.encoder_config.shift_windows == spec.shifted_windows
+    assert model.config.bev_config.num_previous_frames == int(spec.temporal)
     assert [tuple(task) for task in model.config.tasks] == [tuple(task) for task in spec.tasks]
     assert not report.missing and not report.unexpected
 
@@ -84,7 +85,8 @@ def test_voxel_truncation_matters(tmp_path):
     spec = DetectorSpec()
     state_dict = random_state_dict(spec, seed=3)
     model, _ = convert_detector_checkpoint({"state_dict": state_dict}, SMALL_PRESET)
-    floor_config = type(model.config)(**(model.config.to_dict() | {"legacy_voxel_truncation": False}))
+    floor_config = copy.deepcopy(model.config)
+    floor_config.bev_config.legacy_voxel_truncation = False
     floor_model = GeoMIMForBEVDetection(floor_config).eval()
     floor_model.load_state_dict(model.state_dict())
     batch = random_batch(batch=1, image_size=SMALL.input_size, seed=5)
@@ -100,7 +102,7 @@ def test_script_writes_a_loadable_folder_with_the_bgr_processor_and_a_card(tmp_p
     output_dir = tmp_path / "converted"
     load_script().main(["--checkpoint", str(path), "--output_dir", str(output_dir)])
     model = GeoMIMForBEVDetection.from_pretrained(output_dir)
-    assert model.config.legacy_voxel_truncation and model.config.image_size == [256, 704]
+    assert model.config.bev_config.legacy_voxel_truncation and model.config.bev_config.image_size == [256, 704]
     assert GeoMIMImageProcessor.from_pretrained(output_dir).channel_order == "bgr"
     card = (output_dir / "README.md").read_text()
     assert "GeoMIM Swin-B BEVDet4D" in card and "Conversion record" in card and "{{" not in card
@@ -112,7 +114,8 @@ def test_script_writes_a_loadable_folder_with_the_bgr_processor_and_a_card(tmp_p
 def test_baseline_and_geomim_are_told_apart_and_carded(tmp_path):
     baseline = save_checkpoint(random_state_dict(DetectorSpec(absolute_position=False)), tmp_path / "baseline.pth")
     model, report = convert_detector_checkpoint(load_checkpoint_file(baseline), SMALL_PRESET)
-    assert model.config.encoder_config.shift_windows and not model.config.encoder_config.use_absolute_embeddings
+    encoder_config = model.config.bev_config.encoder_config
+    assert encoder_config.shift_windows and not encoder_config.use_absolute_embeddings
     card = load_script().render_card(model.config, report, baseline, "bevdet4d-swinb-256x704", "someone/baseline")
     assert "ImageNet Swin-B BEVDet4D baseline" in card and "shifted windows" in card
 
@@ -134,8 +137,8 @@ def corrupt(name: str, state_dict: dict) -> dict:
 
 @pytest.mark.parametrize("name, message", [
     ("unknown key", r"Unknown key 'pts_bbox_head.task_heads.0.heatmap.2.weight'"),
-    ("missing key", r"missing keys \['bev_neck.up_fuse.norm.running_var'\]"),
-    ("shape mismatch", r"view_transformer.depth_net.bias: checkpoint \(5,\)"),
+    ("missing key", r"missing keys \['bev_model.bev_encoder.neck.up_fuse.norm.running_var'\]"),
+    ("shape mismatch", r"bev_model.view_transform.depth_net.bias: checkpoint \(5,\)"),
     ("not a detector", r"Not a BEVDet detector checkpoint"),
     ("missing swin block", r"Stage 2 of the checkpoint has blocks \[1\]: blocks \[0\] are missing"),
 ])

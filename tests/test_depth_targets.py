@@ -10,9 +10,8 @@ import torch
 
 from geomim_hf.data.nuscenes_constants import CAMERA_CHANNELS
 from geomim_hf.data.synthetic.rig import CAMERA_MOUNTS, camera_rotation
+from geomim_hf import GeoMIMPretrainingConfig
 from geomim_hf.geometry import (
-    GEOMIM_DEPTH_LOSS_WEIGHT,
-    GEOMIM_PRETRAINING_GRID,
     depth_bin_targets,
     depth_loss,
     lidar_depth_targets,
@@ -104,7 +103,7 @@ def test_lidar_depth_targets_reject_bad_shapes():
 def test_depth_bins_follow_the_reference_formula_and_drop_out_of_range_depths():
     depths = [0.0, 0.7, 0.999, 1.0, 1.49, 1.5, 30.26, 59.99, 60.0, 75.0]
     expected_bins = [None, None, None, 0, 0, 1, 58, 117, None, None]
-    targets = depth_bin_targets(torch.tensor(depths, dtype=torch.float64).view(1, 1, 1, -1), GEOMIM_PRETRAINING_GRID)
+    targets = depth_bin_targets(torch.tensor(depths, dtype=torch.float64).view(1, 1, 1, -1), GeoMIMPretrainingConfig().bev_grid)
     assert targets.shape == (1, 1, 118, 1, len(depths))
     for column, expected_bin in enumerate(expected_bins):
         one_hot = targets[0, 0, :, 0, column]
@@ -125,8 +124,9 @@ def test_depth_loss_is_the_mean_bce_over_foreground_pixels():
         for d in range(4):
             p = probs[b, n, d, i, j].item()
             expected -= math.log(p) if d == depth_bin else math.log(1 - p)
-    expected *= GEOMIM_DEPTH_LOSS_WEIGHT / len(foreground)
-    loss = depth_loss(probs, targets, weight=GEOMIM_DEPTH_LOSS_WEIGHT)
+    weight = 0.01  # GeoMIM pretraining's
+    expected *= weight / len(foreground)
+    loss = depth_loss(probs, targets, weight=weight)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
 
 

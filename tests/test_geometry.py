@@ -14,9 +14,8 @@ import torch
 
 from geomim_hf.data.nuscenes_constants import CAMERA_CHANNELS
 from geomim_hf.data.synthetic.rig import CAMERA_MOUNTS, camera_intrinsics, camera_rotation
+from geomim_hf import GeoMIMBEVConfig, GeoMIMPretrainingConfig
 from geomim_hf.geometry import (
-    BEVDET_GRID,
-    GEOMIM_PRETRAINING_GRID,
     BEVGrid,
     apply_image_augmentation,
     create_frustum,
@@ -82,17 +81,19 @@ class ImageAugmentation:
         return torch.tensor(np.stack(columns, axis=1)), torch.tensor(origin)
 
 
+# BEVDet's grid (LSSViewTransformer): 59 bins over [1, 60) m, 128 x 128 cells of 0.8 m, one z bin.
+BEVDET_GRID = BEVGrid(x=(-51.2, 51.2, 0.8), y=(-51.2, 51.2, 0.8), z=(-5.0, 3.0, 8.0), depth=(1.0, 60.0, 1.0))
 # From the 1600x900 nuScenes images to a small network input, (H, W) = (128, 352).
 IMAGE_AUGMENTATION = ImageAugmentation(
     resize=0.24, crop=(15.0, 80.0), flip=True, rotate_deg=-3.5, output_size=(128, 352)
 )
 
 
-def test_presets_have_the_documented_sizes():
-    assert GEOMIM_PRETRAINING_GRID.shape == (1, 360, 360)
-    assert GEOMIM_PRETRAINING_GRID.num_depth_bins == 118
-    assert BEVDET_GRID.shape == (1, 128, 128)
-    assert BEVDET_GRID.num_depth_bins == 59
+def test_the_models_grids_have_the_documented_sizes():
+    pretraining = GeoMIMPretrainingConfig().bev_grid
+    assert pretraining.shape == (1, 360, 360) and pretraining.num_depth_bins == 118
+    bevdet = GeoMIMBEVConfig.from_preset("bevdet4d-swinb-256x704").grid
+    assert bevdet == dataclasses.replace(BEVDET_GRID, legacy_truncation=True) and bevdet.shape == (1, 128, 128) and bevdet.num_depth_bins == 59
     depth = BEVDET_GRID.depth_values(dtype=torch.float64)
     assert depth[0].item() == 1.0 and depth[-1].item() == 59.0
 

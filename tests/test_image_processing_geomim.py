@@ -19,7 +19,6 @@ from geomim_hf.data.image_processing_geomim import (
     CameraAugmentation,
     GeoMIMImageProcessor,
     augment_image,
-    camera_vector,
     nuscenes_resize,
 )
 from geomim_hf.data.nuscenes_constants import CAMERA_CHANNELS
@@ -128,7 +127,7 @@ def test_seed_reproduces_training_augmentation():
                          generator=torch.Generator().manual_seed(seed))
 
     first, again, other = run(0), run(0), run(1)
-    for key in ("pixel_values", "post_rot", "post_tran", "camera_vector", "bev_augmentation"):
+    for key in ("pixel_values", "post_rot", "post_tran", "bev_augmentation"):
         torch.testing.assert_close(first[key], again[key], atol=0, rtol=0)
     assert not torch.equal(first["post_rot"], other["post_rot"])
     assert not torch.equal(first["bev_augmentation"], other["bev_augmentation"])
@@ -212,27 +211,6 @@ def test_channel_order_reproduces_the_bevdet_bgr_quirk():
     expected_rgb = torch.tensor([(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0 - 0.406) / 0.225])
     torch.testing.assert_close(bgr["pixel_values"][0, 0, :, 8, 16], expected_bgr)
     torch.testing.assert_close(rgb[0, 0, :, 8, 16], expected_rgb)
-
-
-def test_camera_vector_layout_hand_computed():
-    intrinsics = torch.tensor([[1266.4, 0.0, 816.3], [0.0, 1265.0, 491.5], [0.0, 0.0, 1.0]])
-    camera_to_ego = torch.tensor([[0.0, 0.0, 1.0, 1.7], [-1.0, 0.0, 0.0, 0.016], [0.0, -1.0, 0.0, 1.51],
-                                  [0.0, 0.0, 0.0, 1.0]])
-    post_rot = torch.tensor([[0.43, 0.02, 0.0], [-0.03, 0.44, 0.0], [0.0, 0.0, 1.0]])
-    post_tran = torch.tensor([-12.0, -140.0, 0.0])
-    expected = torch.tensor([1266.4, 1265.0, 816.3, 491.5, 0.43, 0.02, -12.0, -0.03, 0.44, -140.0,
-                             0.0, 0.0, 1.0, 1.7, -1.0, 0.0, 0.0, 0.016, 0.0, -1.0, 0.0, 1.51])
-    torch.testing.assert_close(camera_vector(intrinsics, camera_to_ego, post_rot, post_tran), expected)
-    batched = camera_vector(*(tensor.expand(2, 6, *tensor.shape) for tensor in
-                              (intrinsics, camera_to_ego, post_rot, post_tran)))
-    assert batched.shape == (2, 6, 22)
-
-
-def test_processor_returns_the_camera_vector_of_its_outputs():
-    images, intrinsics, camera_to_ego = blank_sample(160, 90)
-    out = GeoMIMImageProcessor(size={"height": 64, "width": 176})(images, intrinsics, camera_to_ego, augment=True)
-    torch.testing.assert_close(out["camera_vector"], camera_vector(out["camera_intrinsics"], out["camera_to_ego"],
-                                                                   out["post_rot"], out["post_tran"]))
 
 
 def test_save_and_load_reproduce_every_setting(tmp_path):

@@ -1,6 +1,7 @@
-"""GeoMIMForBEVDetection: CenterPoint targets and decoding, rotated NMS, losses, 4D inputs, bad inputs, round trips.
+"""GeoMIMForBEVDetection: CenterPoint targets and decoding, rotated NMS, losses, the head on the trunk.
 
-Parity with the original detector is in `test_convert_bevdet.py`; learning is shown by the finetuning tests.
+The trunk's own behaviour is in `test_bev_trunk.py`, save / reload and bad inputs in `test_models_common.py`, parity
+with the original detector in `test_convert_bevdet.py`; learning is shown by the finetuning tests.
 """
 
 import math
@@ -10,7 +11,7 @@ import shapely.geometry
 import shapely.affinity
 import torch
 
-from geomim_hf import GeoMIMBEVDetectionConfig, GeoMIMConfig, GeoMIMForBEVDetection
+from geomim_hf import GeoMIMBEVConfig, GeoMIMBEVDetectionConfig, GeoMIMConfig, GeoMIMForBEVDetection
 from geomim_hf.models.bevdet.centerpoint import (
     box_cells,
     box_regression_targets,
@@ -25,12 +26,16 @@ from geomim_hf.models.bevdet.post_processing import greedy_suppression, rotated_
 TINY_ENCODER = GeoMIMConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=[4, 4, 4, 2])
 
 
-def tiny_config(**overrides) -> GeoMIMBEVDetectionConfig:
+def tiny_trunk(**overrides) -> GeoMIMBEVConfig:
     settings = dict(encoder_config=TINY_ENCODER, image_size=[64, 192], image_neck_channels=16, context_channels=8,
                     grid_x=[-25.6, 25.6, 0.8], grid_y=[-25.6, 25.6, 0.8], depth_bins=[1.0, 30.0, 1.0],
-                    bev_encoder_channels=[16, 32, 64], bev_neck_channels=16, head_channels=8,
-                    task_head_channels=8)
-    return GeoMIMBEVDetectionConfig(**(settings | overrides))
+                    bev_encoder_channels=[16, 32, 64], bev_neck_channels=16)
+    return GeoMIMBEVConfig(**(settings | overrides))
+
+
+def tiny_config(trunk: GeoMIMBEVConfig | None = None, **overrides) -> GeoMIMBEVDetectionConfig:
+    settings = dict(head_channels=8, task_head_channels=8)
+    return GeoMIMBEVDetectionConfig(bev_config=trunk or tiny_trunk(), **(settings | overrides))
 
 
 def rig(batch: int = 1, cameras: int = 6) -> dict[str, torch.Tensor]:
@@ -50,7 +55,7 @@ def rig(batch: int = 1, cameras: int = 6) -> dict[str, torch.Tensor]:
 
 def random_inputs(config, batch=1, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    pixel_values = torch.randn(batch, 6, 3, *config.image_size, generator=generator)
+    pixel_values = torch.randn(batch, 6, 3, *config.bev_config.image_size, generator=generator)
     return {"pixel_values": pixel_values, **rig(batch)}
 
 
@@ -93,7 +98,7 @@ def perfect_head_outputs(config, gt_boxes, gt_labels):
     """Head maps that the targets say are right: heatmap logits of the target heatmaps, regression at box cells."""
     valid, centre, cell, radius = box_cells(gt_boxes, gt_labels, config)
     targets = box_regression_targets(gt_boxes, centre, cell)
-    grid = config.grid
+    grid = config.bev_config.grid
     outputs, first = [], 0
     for task in config.tasks:
         class_index = gt_labels - first
@@ -217,111 +222,68 @@ def test_forward_shapes_loss_and_backward():
     depth_targets[:, :, 2, 5] = 7.5
     outputs = model(**inputs, gt_boxes=gt_boxes, gt_labels=torch.zeros(2, 1, dtype=torch.long),
                     depth_targets=depth_targets)
-    grid = config.grid
+    grid = config.bev_config.grid
     assert outputs.bev_features.shape == (2, 16, grid.num_y, grid.num_x)
     assert outputs.head_outputs[0]["heatmap"].shape == (2, 10, grid.num_y, grid.num_x)
     assert outputs.depth_probabilities.shape == (2, 6, grid.num_depth_bins, 4, 12)
-    torch.testing.assert_close(outputs.loss, outputs.loss_heatmap + outputs.loss_bbox + outputs.loss_depth)
+    torch.testing.assert_close(outputs.loss, outputs.heatmap_loss + outputs.bbox_loss + outputs.depth_loss)
     outputs.loss.backward()
-    assert model.geomim.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
+    assert model.bev_model.encoder.geomim.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
     assert model.head.task_heads[0].outputs["heatmap"][-1].bias.detach().eq(-2.19).all()
 
 
-def test_the_key_frame_is_its_own_previous_frame_by_default():
+def test_the_head_reads_the_trunks_bev_features():
     config = tiny_config()
     model = GeoMIMForBEVDetection(config).eval()
     inputs = random_inputs(config)
     with torch.no_grad():
-        default = model(**inputs)
-        explicit = model(**inputs, previous_pixel_values=inputs["pixel_values"],
-                         previous_camera_to_ego=inputs["camera_to_ego"])
-        zeroed = model(**inputs, zero_previous_frame=True)
-        moved = model(**inputs, previous_pixel_values=inputs["pixel_values"],
-                      previous_camera_to_ego=inputs["camera_to_ego"] + torch.eye(4) * 0 + _shift(2.0))
-    torch.testing.assert_close(default.bev_features, explicit.bev_features)
-    assert not torch.allclose(default.bev_features, zeroed.bev_features)
-    assert not torch.allclose(default.bev_features, moved.bev_features)
-
-
-def _shift(metres: float) -> torch.Tensor:
-    shift = torch.zeros(4, 4)
-    shift[0, 3] = metres
-    return shift
-
-
-def test_single_frame_model_has_no_pre_process_and_refuses_a_previous_frame():
-    config = tiny_config(num_previous_frames=0)
-    model = GeoMIMForBEVDetection(config)
-    assert model.pre_process is None
-    assert model.bev_encoder.stages[0][0].conv1.in_channels == 8
-    inputs = random_inputs(config)
-    with pytest.raises(ValueError, match="single-frame"):
-        model(**inputs, previous_pixel_values=inputs["pixel_values"], previous_camera_to_ego=inputs["camera_to_ego"])
+        outputs = model(**inputs)
+        trunk = model.bev_model(**inputs)
+        head = model.head(trunk.bev_features)
+    torch.testing.assert_close(outputs.bev_features, trunk.bev_features, rtol=0, atol=0)
+    for ours, expected in zip(outputs.head_outputs, head):
+        for name in expected:
+            torch.testing.assert_close(ours[name], expected[name], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda inputs: inputs.update(camera_intrinsics=inputs["camera_intrinsics"][:, :5]), r"camera_intrinsics must"),
-    (lambda inputs: inputs.update(pixel_values=torch.zeros(1, 6, 3, 64, 160)), r"image_size \(64, 192\)"),
-    (lambda inputs: inputs.update(pixel_values=torch.zeros(1, 6, 64, 192)), r"pixel_values must be"),
-    (lambda inputs: inputs.update(previous_pixel_values=torch.zeros(1, 5, 3, 64, 192),
-                                  previous_camera_to_ego=inputs["camera_to_ego"]), r"previous_pixel_values must"),
-    (lambda inputs: inputs.update(previous_pixel_values=inputs["pixel_values"]), r"pass both"),
-    (lambda inputs: inputs.update(bev_augmentation=torch.eye(3)[None]), r"bev_augmentation must"),
-    (lambda inputs: inputs.update(camera_to_egos=inputs["camera_to_ego"]), r"unexpected inputs \['camera_to_egos'\]"),
+    (lambda targets: targets.pop("gt_labels"), "pass both or neither"),
+    (lambda targets: targets.update(gt_labels=torch.full((1, 1), 10)), r"gt_labels index the model's 10 classes"),
+    (lambda targets: targets.update(gt_boxes=torch.zeros(1, 1, 7)), r"gt_boxes must be \(batch_size, max_boxes, 9\)"),
 ])
-def test_bad_inputs_are_named_before_any_compute(change, message, monkeypatch):
+def test_bad_targets_are_named(change, message):
     config = tiny_config()
     model = GeoMIMForBEVDetection(config)
-    monkeypatch.setattr(model, "geomim", None)  # any compute would fail differently
-    inputs = random_inputs(config)
-    change(inputs)
-    with pytest.raises((TypeError, ValueError), match=message):
-        model(**inputs)
+    targets = {"gt_boxes": torch.zeros(1, 1, 9), "gt_labels": torch.zeros(1, 1, dtype=torch.long)}
+    change(targets)
+    with pytest.raises(ValueError, match=message):
+        model(**random_inputs(config), **targets)
 
 
 def test_config_errors_name_the_setting():
-    with pytest.raises(ValueError, match="multiples of 2 x feature_stride"):
-        tiny_config(image_size=[64, 176])
     with pytest.raises(ValueError, match="unknown"):
         tiny_config(tasks=[["car", "tram"]])
     with pytest.raises(ValueError, match="nms_rescale_factors"):
         tiny_config(nms_rescale_factors=[1.0])
-    with pytest.raises(ValueError, match="num_previous_frames"):
-        tiny_config(num_previous_frames=2)
+    with pytest.raises(ValueError, match="belong in bev_config"):
+        GeoMIMBEVDetectionConfig(bev_config=tiny_trunk(), image_size=[64, 192])
 
 
-def test_save_and_reload_are_bitwise(tmp_path):
-    config = tiny_config(tasks=[list(task) for task in SIX_TASKS], nms_types=["rotate"] * 6,
-                         nms_thresholds=[0.2] * 6, legacy_voxel_truncation=True)
-    model = GeoMIMForBEVDetection(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter))
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_var"):
-                buffer.uniform_(0.5, 2.0)
-    model.save_pretrained(tmp_path)
-    reloaded, info = GeoMIMForBEVDetection.from_pretrained(tmp_path, output_loading_info=True)
-    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
-    original, loaded = model.state_dict(), reloaded.state_dict()
-    assert original.keys() == loaded.keys()
-    for key in original:
-        assert torch.equal(original[key], loaded[key]), key
-    torch.testing.assert_close(reloaded.view_transformer.frustum, model.view_transformer.frustum)
-    assert reloaded.config.tasks == config.tasks and reloaded.config.legacy_voxel_truncation
-
-
-def test_a_collated_4d_batch_goes_straight_into_the_model(nuscenes_root, nuscenes_spec):
+def test_a_collated_4d_batch_goes_into_the_model_through_the_batch_contract(nuscenes_root, nuscenes_spec):
     from geomim_hf.data import GeoMIMImageProcessor, NuScenesCollator, load_nuscenes
+    from geomim_hf.models.inputs import model_inputs
 
-    config = tiny_config(image_size=[128, 352])
+    config = tiny_config(tiny_trunk(image_size=[128, 352]))
     model = GeoMIMForBEVDetection(config).eval()
     examples = list(load_nuscenes(nuscenes_root, nuscenes_spec.version, "mini_train", num_sweeps=1,
                                   previous_frames=1))[:2]
     collate = NuScenesCollator(GeoMIMImageProcessor(size={"height": 128, "width": 352}, test_resize=1.0),
-                               previous_frames=1)
+                               previous_frames=1, class_names=config.class_names)
     batch = collate(examples)
     with torch.no_grad():
-        outputs = model(**batch)
+        outputs = model(**model_inputs(model, batch))
+        evaluation = model(**model_inputs(model, batch, targets=False))
     assert outputs.loss is not None and torch.isfinite(outputs.loss)
+    assert evaluation.loss is None  # no targets at evaluation: no loss computed
+    torch.testing.assert_close(evaluation.head_outputs[0]["heatmap"], outputs.head_outputs[0]["heatmap"])
     assert len(model.post_process(outputs)) == 2

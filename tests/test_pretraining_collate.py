@@ -14,7 +14,7 @@ from geomim_hf import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.data.nuscenes import load_nuscenes
 from geomim_hf.data.nuscenes_constants import CAMERA_CHANNELS
-from geomim_hf.data.pretraining_collate import PretrainingCollator
+from geomim_hf.data.pretraining_collate import PretrainingCollator, camera_vector
 from geomim_hf.geometry import BEVGrid, BEVPoolIndex, bev_pool, create_frustum, depth_bin_targets, frustum_to_ego
 
 BATCH_KEYS = {"pixel_values", "camera_intrinsics", "camera_to_lidar", "post_rot", "post_tran", "lidar_augmentation",
@@ -174,3 +174,17 @@ def test_lifted_camera_depth_lands_on_the_teachers_voxels_in_its_xy_layout(examp
         assert lifted_xy[b].sum() > 300
         assert (lifted_xy[b] * near_points[b]).sum() / lifted_xy[b].sum() > 0.95  # measured 0.995
         assert (lifted[b] * near_points[b]).sum() / lifted[b].sum() < 0.3  # left in (Y, X) it misses (0.15)
+
+
+def test_camera_vector_layout_hand_computed():
+    intrinsics = torch.tensor([[1266.4, 0.0, 816.3], [0.0, 1265.0, 491.5], [0.0, 0.0, 1.0]])
+    camera_to_ego = torch.tensor([[0.0, 0.0, 1.0, 1.7], [-1.0, 0.0, 0.0, 0.016], [0.0, -1.0, 0.0, 1.51],
+                                  [0.0, 0.0, 0.0, 1.0]])
+    post_rot = torch.tensor([[0.43, 0.02, 0.0], [-0.03, 0.44, 0.0], [0.0, 0.0, 1.0]])
+    post_tran = torch.tensor([-12.0, -140.0, 0.0])
+    expected = torch.tensor([1266.4, 1265.0, 816.3, 491.5, 0.43, 0.02, -12.0, -0.03, 0.44, -140.0,
+                             0.0, 0.0, 1.0, 1.7, -1.0, 0.0, 0.0, 0.016, 0.0, -1.0, 0.0, 1.51])
+    torch.testing.assert_close(camera_vector(intrinsics, camera_to_ego, post_rot, post_tran), expected)
+    batched = camera_vector(*(tensor.expand(2, 6, *tensor.shape) for tensor in
+                              (intrinsics, camera_to_ego, post_rot, post_tran)))
+    assert batched.shape == (2, 6, 22)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -11,9 +12,6 @@ import torch
 from ..geometry import lidar_depth_targets
 from .image_processing_geomim import GeoMIMImageProcessor
 from .nuscenes_constants import DETECTION_CLASSES
-
-_CLASS_INDEX = {name: index for index, name in enumerate(DETECTION_CLASSES)}
-
 
 def cameras_to_key_ego(camera_to_ego: np.ndarray, camera_ego_to_global: np.ndarray,
                        key_ego_to_global: np.ndarray) -> np.ndarray:
@@ -67,10 +65,11 @@ class NuScenesCollator:
     """Batches nuScenes examples (from :func:`~geomim_hf.data.load_nuscenes`) for GeoMIM and BEVDet models.
 
     The batch holds the processor's outputs (``pixel_values`` (B, N, 3, H, W), ``camera_intrinsics``,
-    ``camera_to_ego`` into the key-frame ego frame, ``post_rot``, ``post_tran``, ``camera_vector``,
-    ``bev_augmentation``), ``ego_to_global`` (B, 4, 4) float64 (the key frame's pose, for evaluation), ``points``
-    (B, P, 5) with ``points_mask``, ``gt_boxes`` (B, M, 9) with ``gt_labels`` (B, M) (index in ``DETECTION_CLASSES``,
-    -1 for padding), all in the augmented ego frame, and ``sample_tokens``.
+    ``camera_to_ego`` into the key-frame ego frame, ``post_rot``, ``post_tran``, ``bev_augmentation``),
+    ``ego_to_global`` (B, 4, 4) float64 (the key frame's pose, for evaluation), ``points`` (B, P, 5) with
+    ``points_mask``, ``gt_boxes`` (B, M, 9) with ``gt_labels`` (B, M) (index in ``class_names``, -1 for padding), all
+    in the augmented ego frame, ``sample_tokens`` and ``class_names`` (the label order, which
+    :func:`~geomim_hf.models.inputs.model_inputs` checks against the model's).
 
     Args:
         processor: the image processor (augmentation, normalisation).
@@ -87,6 +86,8 @@ class NuScenesCollator:
             examples must come from ``load_nuscenes(..., previous_frames=1)``.
         drop_boxes_without_points: leave boxes that no LiDAR or radar point hits out of the targets, as BEVDet's
             info files do (``valid_flag``).
+        class_names: the label order of the model the batches are for (``model.config.class_names``); boxes of other
+            classes are no targets. The nuScenes detection classes in the devkit's order by default.
         generator: source of the random augmentation.
         seed: instead of ``generator``, draw each batch's augmentation from :func:`batch_generator` (this seed and
             the batch's sample tokens).
@@ -99,12 +100,18 @@ class NuScenesCollator:
     depth_range: tuple[float, float] | None = None
     previous_frames: int = 0
     drop_boxes_without_points: bool = True
+    class_names: Sequence[str] = DETECTION_CLASSES
     generator: torch.Generator | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.previous_frames not in (0, 1):
             raise ValueError(f"previous_frames must be 0 or 1 (BEVDet4D), got {self.previous_frames}")
+        self.class_names = list(self.class_names)
+        unknown = sorted(set(self.class_names) - set(DETECTION_CLASSES))
+        if unknown or len(set(self.class_names)) != len(self.class_names) or not self.class_names:
+            raise ValueError(f"class_names must be distinct nuScenes detection classes {DETECTION_CLASSES}, got "
+                             f"{self.class_names} (unknown: {unknown})")
 
     def __call__(self, examples: list[dict]) -> dict:
         if self.previous_frames and "previous_images" not in examples[0]:
@@ -141,17 +148,18 @@ class NuScenesCollator:
         if self.depth_downsample:
             data["depth_targets"] = self.depth_targets(data)
         data["sample_tokens"] = [example["sample_token"] for example in examples]
+        data["class_names"] = list(self.class_names)
         return data
 
     def targets(self, example: dict) -> tuple[np.ndarray, torch.Tensor]:
-        """One example's boxes (M, 9) and labels (M,), without the boxes no sensor point hits."""
+        """One example's boxes (M, 9) and labels (M,) indexing ``class_names``: the boxes of those classes, without
+        the boxes no sensor point hits."""
         boxes = np.asarray(example["gt_boxes"], dtype=np.float32).reshape(-1, 9)
-        labels = torch.tensor([_CLASS_INDEX[name] for name in example["gt_names"]], dtype=torch.long)
+        keep = np.isin(np.asarray(example["gt_names"], dtype=object), self.class_names).astype(bool)
         if self.drop_boxes_without_points:
-            hits = np.asarray(example["gt_num_lidar_pts"]) + np.asarray(example["gt_num_radar_pts"])
-            keep = hits > 0
-            boxes, labels = boxes[keep], labels[torch.from_numpy(keep)]
-        return boxes, labels
+            keep &= (np.asarray(example["gt_num_lidar_pts"]) + np.asarray(example["gt_num_radar_pts"])) > 0
+        labels = [self.class_names.index(name) for name, kept in zip(example["gt_names"], keep) if kept]
+        return boxes[keep], torch.tensor(labels, dtype=torch.long)
 
     def depth_targets(self, data: dict) -> torch.Tensor:
         points_mask = data["points_mask"]

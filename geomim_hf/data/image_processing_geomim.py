@@ -148,33 +148,6 @@ def augment_image(
     return output, warp @ resize
 
 
-def camera_vector(
-    camera_intrinsics: torch.Tensor, camera_to_ego: torch.Tensor, post_rot: torch.Tensor, post_tran: torch.Tensor
-) -> torch.Tensor:
-    """The 22 values per camera that GeoMIM's camera-aware depth branch takes (``PoseSEModule``; bevfusion's
-    ``get_mlp_input``):
-    fx, fy, cx, cy; post_rot[0, 0], post_rot[0, 1], post_tran[0], post_rot[1, 0], post_rot[1, 1], post_tran[1]; then
-    the top 3x4 of camera-to-ego, flattened row-major.
-
-    Args:
-        camera_intrinsics: (..., 3, 3) of the source images.
-        camera_to_ego: (..., 4, 4).
-        post_rot: (..., 2, 2) or (..., 3, 3).
-        post_tran: (..., 2) or (..., 3).
-
-    Returns:
-        (..., 22).
-    """
-    fx, fy = camera_intrinsics[..., 0, 0], camera_intrinsics[..., 1, 1]
-    cx, cy = camera_intrinsics[..., 0, 2], camera_intrinsics[..., 1, 2]
-    intrinsics_and_augmentation = torch.stack([
-        fx, fy, cx, cy,
-        post_rot[..., 0, 0], post_rot[..., 0, 1], post_tran[..., 0],
-        post_rot[..., 1, 0], post_rot[..., 1, 1], post_tran[..., 1],
-    ], dim=-1)
-    return torch.cat([intrinsics_and_augmentation, camera_to_ego[..., :3, :].flatten(-2)], dim=-1)
-
-
 class GeoMIMImageProcessorKwargs(ImagesKwargs, total=False):
     """The settings of :class:`GeoMIMImageProcessor`, so that ``from_pretrained(..., setting=value)`` overrides them."""
 
@@ -366,7 +339,6 @@ class GeoMIMImageProcessor(BaseImageProcessor):
             - ``camera_intrinsics`` (B, N, 3, 3) and ``camera_to_ego`` (B, N, 4, 4), unchanged by the augmentation;
             - ``post_rot`` (B, N, 3, 3) and ``post_tran`` (B, N, 3), with ``p_aug = post_rot @ p + post_tran``
               (the third row and column of ``post_rot`` are those of the identity, and ``post_tran[2]`` is 0);
-            - ``camera_vector`` (B, N, 22), see :func:`camera_vector`;
             - ``bev_augmentation`` (B, 4, 4), the ``bda`` that sends ego points to the augmented ego frame;
             - ``gt_boxes`` and ``points``, if given: lists of B tensors, moved by ``bev_augmentation``.
         """
@@ -412,7 +384,6 @@ class GeoMIMImageProcessor(BaseImageProcessor):
             "camera_to_ego": extrinsics,
             "post_rot": post_rot,
             "post_tran": post_tran,
-            "camera_vector": camera_vector(intrinsics, extrinsics, post_rot, post_tran),
             "bev_augmentation": bev_augmentation,
         }
         if gt_boxes is not None:
@@ -513,6 +484,5 @@ __all__ = [
     "CameraAugmentation",
     "GeoMIMImageProcessor",
     "augment_image",
-    "camera_vector",
     "nuscenes_resize",
 ]

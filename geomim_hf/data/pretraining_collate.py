@@ -19,7 +19,34 @@ import torch
 
 from ..geometry import lidar_depth_targets
 from .collate import batch_generator, camera_to_key_ego, pad_rows
-from .image_processing_geomim import GeoMIMImageProcessor, camera_vector
+from .image_processing_geomim import GeoMIMImageProcessor
+
+
+def camera_vector(
+    camera_intrinsics: torch.Tensor, camera_to_ego: torch.Tensor, post_rot: torch.Tensor, post_tran: torch.Tensor
+) -> torch.Tensor:
+    """The 22 values per camera that GeoMIM's camera-aware depth branch takes (``PoseSEModule``; bevfusion's
+    ``get_mlp_input``):
+    fx, fy, cx, cy; post_rot[0, 0], post_rot[0, 1], post_tran[0], post_rot[1, 0], post_rot[1, 1], post_tran[1]; then
+    the top 3x4 of camera-to-ego, flattened row-major.
+
+    Args:
+        camera_intrinsics: (..., 3, 3) of the source images.
+        camera_to_ego: (..., 4, 4).
+        post_rot: (..., 2, 2) or (..., 3, 3).
+        post_tran: (..., 2) or (..., 3).
+
+    Returns:
+        (..., 22).
+    """
+    fx, fy = camera_intrinsics[..., 0, 0], camera_intrinsics[..., 1, 1]
+    cx, cy = camera_intrinsics[..., 0, 2], camera_intrinsics[..., 1, 2]
+    intrinsics_and_augmentation = torch.stack([
+        fx, fy, cx, cy,
+        post_rot[..., 0, 0], post_rot[..., 0, 1], post_tran[..., 0],
+        post_rot[..., 1, 0], post_rot[..., 1, 1], post_tran[..., 1],
+    ], dim=-1)
+    return torch.cat([intrinsics_and_augmentation, camera_to_ego[..., :3, :].flatten(-2)], dim=-1)
 
 
 def camera_to_key_lidar(example: dict) -> np.ndarray:
@@ -106,4 +133,4 @@ class PretrainingCollator:
         return data
 
 
-__all__ = ["PretrainingCollator", "camera_to_key_lidar", "points_in_lidar_frame"]
+__all__ = ["PretrainingCollator", "camera_to_key_lidar", "camera_vector", "points_in_lidar_frame"]

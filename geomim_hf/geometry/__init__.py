@@ -2,9 +2,10 @@
 
 Typical use, for a view transform with fixed cameras::
 
-    frustum = create_frustum((256, 704), stride=16, grid=BEVDET_GRID)           # (D, h, w, 3)
+    grid = BEVGrid(x=(-51.2, 51.2, 0.8), y=(-51.2, 51.2, 0.8), z=(-5.0, 3.0, 8.0), depth=(1.0, 60.0, 1.0))  # BEVDet
+    frustum = create_frustum((256, 704), stride=16, grid=grid)                  # (D, h, w, 3)
     geometry = frustum_to_ego(frustum, intrinsics, camera_to_ego, post_rot, post_tran, bda)  # (B, N, D, h, w, 3)
-    index = BEVPoolIndex.from_geometry(geometry, BEVDET_GRID)                    # once per geometry
+    index = BEVPoolIndex.from_geometry(geometry, grid)                           # once per geometry
     bev = bev_pool(depth.softmax(dim=2), context, index)                         # (B, C, Y, X)
 """
 
@@ -21,22 +22,16 @@ from .camera import (
     unproject,
 )
 from .depth import (
-    BEVDEPTH_DEPTH_LOSS_WEIGHT,
-    GEOMIM_DEPTH_LOSS_WEIGHT,
     depth_bin_targets,
     depth_loss,
     lidar_depth_targets,
     patch_min_depth,
 )
-from .grid import BEVDET_GRID, GEOMIM_PRETRAINING_GRID, BEVGrid, voxel_indices
+from .grid import BEVGrid, voxel_indices
 
 __all__ = [
-    "BEVDEPTH_DEPTH_LOSS_WEIGHT",
-    "BEVDET_GRID",
     "BEVGrid",
     "BEVPoolIndex",
-    "GEOMIM_DEPTH_LOSS_WEIGHT",
-    "GEOMIM_PRETRAINING_GRID",
     "apply_image_augmentation",
     "bev_pool",
     "create_frustum",

@@ -15,9 +15,6 @@ from ._checks import check_shape
 from .camera import apply_image_augmentation, ego_to_cameras, project
 from .grid import BEVGrid
 
-GEOMIM_DEPTH_LOSS_WEIGHT = 0.01
-BEVDEPTH_DEPTH_LOSS_WEIGHT = 3.0
-
 
 def patch_min_depth(
     points_camera: torch.Tensor,
@@ -140,36 +137,33 @@ def depth_bin_targets(patch_depth: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
     return one_hot * in_range[:, :, None]
 
 
-def depth_loss(depth_probs: torch.Tensor, depth_targets: torch.Tensor, *, weight: float) -> torch.Tensor:
+def depth_loss(depth_probabilities: torch.Tensor, depth_targets: torch.Tensor, *, weight: float) -> torch.Tensor:
     """Binary cross-entropy of the depth distribution on the pixels that have a LiDAR target.
 
-    Summed over bins and pixels, divided by the number of such pixels, times ``weight``
-    (:data:`GEOMIM_DEPTH_LOSS_WEIGHT` for pretraining, :data:`BEVDEPTH_DEPTH_LOSS_WEIGHT` for BEVDepth-style
-    finetuning). Zero when no pixel has a target.
+    Summed over bins and pixels, divided by the number of such pixels, times ``weight`` (0.01 in GeoMIM pretraining,
+    3.0 in BEVDepth-style finetuning: the models' configurations hold it). Zero when no pixel has a target.
 
     Args:
-        depth_probs: (B, N, D, h, w) probabilities (softmax over D).
+        depth_probabilities: (B, N, D, h, w) probabilities (softmax over D).
         depth_targets: (B, N, D, h, w) from :func:`depth_bin_targets`.
         weight: loss weight.
 
     Returns:
         Scalar loss, in at least float32.
     """
-    check_shape("depth_probs", depth_probs, (None, None, None, None, None), "(B, N, D, h, w)")
-    check_shape("depth_targets", depth_targets, depth_probs.shape, "(B, N, D, h, w) of depth_probs")
+    check_shape("depth_probabilities", depth_probabilities, (None, None, None, None, None), "(B, N, D, h, w)")
+    check_shape("depth_targets", depth_targets, depth_probabilities.shape, "(B, N, D, h, w) of depth_probabilities")
     foreground = depth_targets.amax(dim=2) > 0  # (B, N, h, w)
-    loss_dtype = torch.promote_types(depth_probs.dtype, torch.float32)
-    probs = depth_probs.movedim(2, -1)[foreground].to(loss_dtype)  # (F, D)
+    loss_dtype = torch.promote_types(depth_probabilities.dtype, torch.float32)
+    probs = depth_probabilities.movedim(2, -1)[foreground].to(loss_dtype)  # (F, D)
     targets = depth_targets.movedim(2, -1)[foreground].to(loss_dtype)
     # Autocast refuses BCE on probabilities (unsafe in half precision); the reference also scores in float32.
-    with torch.autocast(device_type=depth_probs.device.type, enabled=False):
+    with torch.autocast(device_type=depth_probabilities.device.type, enabled=False):
         summed = F.binary_cross_entropy(probs, targets, reduction="sum")
     return weight * summed / foreground.sum().clamp(min=1)
 
 
 __all__ = [
-    "BEVDEPTH_DEPTH_LOSS_WEIGHT",
-    "GEOMIM_DEPTH_LOSS_WEIGHT",
     "depth_bin_targets",
     "depth_loss",
     "lidar_depth_targets",

@@ -64,14 +64,6 @@ class BEVGrid:
         return start + step * torch.arange(self.num_depth_bins, device=device, dtype=dtype)
 
 
-# GeoMIM pretraining (bevfusion's DepthLSSTransformGT): 118 bins over [1, 60) m, 360 x 360 cells of 0.3 m, one z bin.
-GEOMIM_PRETRAINING_GRID = BEVGrid(
-    x=(-54.0, 54.0, 0.3), y=(-54.0, 54.0, 0.3), z=(-10.0, 10.0, 20.0), depth=(1.0, 60.0, 0.5)
-)
-# BEVDet finetuning (LSSViewTransformer): 59 bins over [1, 60) m, 128 x 128 cells of 0.8 m, one z bin.
-BEVDET_GRID = BEVGrid(x=(-51.2, 51.2, 0.8), y=(-51.2, 51.2, 0.8), z=(-5.0, 3.0, 8.0), depth=(1.0, 60.0, 1.0))
-
-
 def voxel_indices(points: torch.Tensor, grid: BEVGrid) -> tuple[torch.Tensor, torch.Tensor]:
     """Grid cell of each point.
 
@@ -99,4 +91,4 @@ def voxel_indices(points: torch.Tensor, grid: BEVGrid) -> tuple[torch.Tensor, to
     return indices, inside
 
 
-__all__ = ["BEVDET_GRID", "BEVGrid", "GEOMIM_PRETRAINING_GRID", "voxel_indices"]
+__all__ = ["BEVGrid", "voxel_indices"]

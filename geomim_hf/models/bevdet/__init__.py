@@ -1,7 +1,7 @@
-"""BEVDet / BEVDet4D 3D detection on the GeoMIM Swin encoder: configuration, model, CenterPoint targets and losses,
+"""BEVDet / BEVDet4D 3D detection on the BEV trunk: configuration, model, CenterPoint targets and losses,
 post-processing, and conversion of the released detectors."""
 
-from .configuration_bevdet import DETECTION_PRESETS, SIX_TASKS, GeoMIMBEVDetectionConfig, detection_config
+from .configuration_bevdet import DETECTION_PRESETS, SIX_TASKS, GeoMIMBEVDetectionConfig
 from .modeling_bevdet import GeoMIMBEVDetectionOutput, GeoMIMBEVDetectionPreTrainedModel, GeoMIMForBEVDetection
 
 __all__ = [
@@ -11,5 +11,4 @@ __all__ = [
     "GeoMIMBEVDetectionPreTrainedModel",
     "GeoMIMForBEVDetection",
     "SIX_TASKS",
-    "detection_config",
 ]

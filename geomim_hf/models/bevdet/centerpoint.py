@@ -46,7 +46,7 @@ def gaussian_radius(length: torch.Tensor, width: torch.Tensor, min_overlap: floa
 
 def grid_geometry(config: GeoMIMBEVDetectionConfig) -> tuple[tuple[float, float], tuple[float, float], int, int]:
     """`(x_start, x_step), (y_start, y_step), X, Y` of the head's map."""
-    grid = config.grid
+    grid = config.bev_config.grid
     return (grid.x[0], grid.x[2]), (grid.y[0], grid.y[2]), grid.num_x, grid.num_y
 
 

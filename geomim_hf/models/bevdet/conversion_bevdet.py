@@ -3,8 +3,8 @@ layout) to [`GeoMIMForBEVDetection`]: the one place that knows the detector's fo
 
 The encoder (`img_backbone.`) goes through the Swin converter of `..geomim.conversion_geomim`; the rest through
 `KEY_RULES` below. Shapes give the widths, the temporal setting and the task layout; what shapes cannot tell (BEV
-grid, depth bins, image size, index truncation, decoding) comes from a preset (`PRESET_GEOMETRY`). Loading is strict:
-an unknown, missing or mis-shaped key is an error that names it.
+grid, depth bins, image size, index truncation) comes from a BEV preset (its `GEOMETRY_FIELDS`), the decoding from
+the task layout. Loading is strict: an unknown, missing or mis-shaped key is an error that names it.
 """
 
 import re
@@ -22,7 +22,8 @@ from ..geomim.conversion_geomim import (
     convert_state_dict,
     unwrap_state_dict,
 )
-from .configuration_bevdet import PRESET_GEOMETRY, SIX_TASKS, GeoMIMBEVDetectionConfig
+from ..bev.configuration_bev import BEV_PRESETS, GEOMETRY_FIELDS, GeoMIMBEVConfig
+from .configuration_bevdet import SIX_TASKS, GeoMIMBEVDetectionConfig
 from .modeling_bevdet import GeoMIMForBEVDetection
 
 ENCODER_PREFIX = "img_backbone."
@@ -58,11 +59,12 @@ _TASK_HEAD = r"pts_bbox_head\.task_heads\.(?P<task>\d+)\.(?P<name>reg|height|dim
 
 # Source key (full match) -> GeoMIMForBEVDetection key, formatted with the named groups of the match.
 KEY_RULES: tuple[tuple[str, str], ...] = (
-    *_fpn(r"img_neck", "image_neck"),
-    (r"img_view_transformer\.depth_net\." + _CONV, "view_transformer.depth_net.{param}"),
-    *_block(r"pre_process_net\.layers\.0\.(?P<block>\d+)", "pre_process.stages.0.{block}"),
-    *_block(r"img_bev_encoder_backbone\.layers\.(?P<stage>\d+)\.(?P<block>\d+)", "bev_encoder.stages.{stage}.{block}"),
-    *_fpn(r"img_bev_encoder_neck", "bev_neck"),
+    *_fpn(r"img_neck", "bev_model.image_neck"),
+    (r"img_view_transformer\.depth_net\." + _CONV, "bev_model.view_transform.depth_net.{param}"),
+    *_block(r"pre_process_net\.layers\.0\.(?P<block>\d+)", "bev_model.pre_process.stages.0.{block}"),
+    *_block(r"img_bev_encoder_backbone\.layers\.(?P<stage>\d+)\.(?P<block>\d+)",
+            "bev_model.bev_encoder.backbone.stages.{stage}.{block}"),
+    *_fpn(r"img_bev_encoder_neck", "bev_model.bev_encoder.neck"),
     (r"pts_bbox_head\.shared_conv\.conv\.weight", "head.shared_conv.conv.weight"),
     (r"pts_bbox_head\.shared_conv\.bn\." + _BN, "head.shared_conv.norm.{param}"),
     (_TASK_HEAD + r"\.0\.conv\.weight", "head.task_heads.{task}.outputs.{name}.0.conv.weight"),
@@ -135,22 +137,33 @@ def _blocks_per_stage(state_dict: Mapping[str, torch.Tensor], prefix: str) -> li
 
 
 def infer_detector_config(
-    state_dict: Mapping[str, torch.Tensor], encoder_config, preset: Mapping[str, object]
+    state_dict: Mapping[str, torch.Tensor], encoder_config, geometry: Mapping[str, object]
 ) -> GeoMIMBEVDetectionConfig:
     """The detector's architecture from the shapes of converted (GeoMIMForBEVDetection-named) tensors, completed by
-    `preset`."""
-    image_neck_channels = _shape(state_dict, "image_neck.fuse1.conv.weight")[0]
-    depth_and_context = _shape(state_dict, "view_transformer.depth_net.weight")[0]
-    bins = preset["depth_bins"]
+    the trunk's `geometry` (the `GEOMETRY_FIELDS` of a preset)."""
+    trunk = "bev_model."
+    depth_and_context = _shape(state_dict, trunk + "view_transform.depth_net.weight")[0]
+    bins = geometry["depth_bins"]
     num_bins = round((bins[1] - bins[0]) / bins[2])
     context_channels = depth_and_context - num_bins
     if context_channels <= 0:
         raise CheckpointConversionError(f"depth_net has {depth_and_context} outputs, not more than the preset's "
                                         f"{num_bins} depth bins: the preset does not fit this checkpoint")
-    pre_process_blocks = _blocks_per_stage(state_dict, "pre_process")
-    bev_encoder_blocks = _blocks_per_stage(state_dict, "bev_encoder")
-    bev_encoder_channels = [_shape(state_dict, f"bev_encoder.stages.{stage}.0.conv1.weight")[0]
+    pre_process_blocks = _blocks_per_stage(state_dict, trunk + "pre_process")
+    bev_encoder_blocks = _blocks_per_stage(state_dict, trunk + "bev_encoder.backbone")
+    bev_encoder_channels = [_shape(state_dict, f"{trunk}bev_encoder.backbone.stages.{stage}.0.conv1.weight")[0]
                             for stage in range(len(bev_encoder_blocks))]
+    bev_config = GeoMIMBEVConfig(
+        encoder_config=encoder_config,
+        image_neck_channels=_shape(state_dict, trunk + "image_neck.fuse1.conv.weight")[0],
+        context_channels=context_channels,
+        num_previous_frames=1 if pre_process_blocks else 0,
+        pre_process_blocks=pre_process_blocks[0] if pre_process_blocks else 2,
+        bev_encoder_blocks=bev_encoder_blocks,
+        bev_encoder_channels=bev_encoder_channels,
+        bev_neck_channels=_shape(state_dict, trunk + "bev_encoder.neck.up_projection.weight")[0],
+        **geometry,
+    )
     task_classes = []
     while f"head.task_heads.{len(task_classes)}.outputs.heatmap.1.weight" in state_dict:
         task_classes.append(_shape(state_dict, f"head.task_heads.{len(task_classes)}.outputs.heatmap.1.weight")[0])
@@ -163,21 +176,25 @@ def infer_detector_config(
                                         f"task nor CenterPoint's 6-task split: the class names cannot be inferred")
     head_weight = _shape(state_dict, "head.task_heads.0.outputs.reg.1.weight")
     return GeoMIMBEVDetectionConfig(
-        encoder_config=encoder_config,
-        image_neck_channels=image_neck_channels,
-        context_channels=context_channels,
-        num_previous_frames=1 if pre_process_blocks else 0,
-        pre_process_blocks=pre_process_blocks[0] if pre_process_blocks else 2,
-        bev_encoder_blocks=bev_encoder_blocks,
-        bev_encoder_channels=bev_encoder_channels,
-        bev_neck_channels=_shape(state_dict, "bev_neck.up_projection.weight")[0],
+        bev_config=bev_config,
         tasks=tasks,
         head_channels=_shape(state_dict, "head.shared_conv.conv.weight")[0],
         task_head_channels=head_weight[1],
         head_final_kernel=head_weight[-1],
         **decoding,
-        **preset,
     )
+
+
+def preset_geometry(preset: str | Mapping[str, object]) -> dict[str, object]:
+    """The geometry a detector's weights cannot tell (`GEOMETRY_FIELDS`): of the named BEV preset, or as given."""
+    if isinstance(preset, str):
+        if preset not in BEV_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; known: {sorted(BEV_PRESETS)}")
+        preset = BEV_PRESETS[preset]
+    missing = [name for name in GEOMETRY_FIELDS if name not in preset]
+    if missing:
+        raise ValueError(f"the preset gives no {missing}: a detector's geometry needs {list(GEOMETRY_FIELDS)}")
+    return {name: preset[name] for name in GEOMETRY_FIELDS}
 
 
 def convert_detector_state_dict(
@@ -185,16 +202,14 @@ def convert_detector_state_dict(
     check_encoder: Callable | None = None,
 ) -> tuple[GeoMIMBEVDetectionConfig, dict[str, torch.Tensor], DetectorConversionReport]:
     """Converts a released BEVDet / BEVDet4D checkpoint (any container: `state_dict`, EMA files, raw) to the keys and
-    config of [`GeoMIMForBEVDetection`]. `preset` names one of `PRESET_GEOMETRY` or gives such settings directly.
+    config of [`GeoMIMForBEVDetection`]. `preset` names a BEV preset (`BEV_PRESETS`), whose geometry the weights
+    cannot tell, or gives that geometry (`GEOMETRY_FIELDS`) directly.
 
     The encoder's window shift follows the encoder converter's rule: GeoMIM's encoder (with an absolute position
     embedding) never shifts, the ImageNet baseline's `SwinTransformerOri` (without one) does. `check_encoder` is
     called with the encoder's config before anything else is converted (the script checks the Swin size there).
     """
-    if isinstance(preset, str):
-        if preset not in PRESET_GEOMETRY:
-            raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESET_GEOMETRY)}")
-        preset = PRESET_GEOMETRY[preset]
+    geometry = preset_geometry(preset)
     state_dict = unwrap_state_dict(checkpoint)
     if not any(key.startswith(HEAD_PREFIX) for key in state_dict) or not any(
             key.startswith(ENCODER_PREFIX) for key in state_dict):
@@ -208,8 +223,8 @@ def convert_detector_state_dict(
         check_encoder(encoder_config)
     detector_state = map_detector_keys(
         {key: value for key, value in state_dict.items() if not key.startswith(ENCODER_PREFIX)}, report)
-    converted = {f"geomim.{key}": value for key, value in encoder_state.items()} | detector_state
-    config = infer_detector_config(converted, encoder_config, preset)
+    converted = {f"bev_model.encoder.geomim.{key}": value for key, value in encoder_state.items()} | detector_state
+    config = infer_detector_config(converted, encoder_config, geometry)
     return config, converted, report
 
 
@@ -225,5 +240,5 @@ def convert_detector_checkpoint(
     return model.eval(), report
 
 
-__all__ = ["DetectorConversionReport", "convert_detector_checkpoint",
-           "convert_detector_state_dict", "infer_detector_config"]
+__all__ = ["DetectorConversionReport", "convert_detector_checkpoint", "convert_detector_state_dict",
+           "infer_detector_config", "preset_geometry"]

@@ -3,7 +3,7 @@
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
-from ...geometry import GEOMIM_DEPTH_LOSS_WEIGHT, GEOMIM_PRETRAINING_GRID, BEVGrid
+from ...geometry import BEVGrid
 from .configuration_geomim import GeoMIMConfig
 
 Bound = list[float] | tuple[float, ...]
@@ -51,7 +51,7 @@ class GeoMIMPretrainingConfig(PreTrainedConfig):
             Context channels that the LSS projection splats into the BEV grid.
         bev_x_bound, bev_y_bound, bev_z_bound (`list[float]`, *optional*):
             `(start, stop, step)` in metres of the LSS grid in the LiDAR frame; defaults 0.3 m cells over
-            [-54, 54) m and one z cell over [-10, 10) m (`GEOMIM_PRETRAINING_GRID`).
+            [-54, 54) m and one z cell over [-10, 10) m (bevfusion's `DepthLSSTransformGT`).
         depth_bound (`list[float]`, *optional*, defaults to `[1.0, 60.0, 0.5]`):
             Depth bins of the frustum, in metres.
         bev_downsample (`int`, *optional*, defaults to 2):
@@ -95,14 +95,14 @@ class GeoMIMPretrainingConfig(PreTrainedConfig):
     neck_window_size: int = 7
     camera_vector_size: int = 22
     bev_channels: int = 80
-    bev_x_bound: Bound = GEOMIM_PRETRAINING_GRID.x
-    bev_y_bound: Bound = GEOMIM_PRETRAINING_GRID.y
-    bev_z_bound: Bound = GEOMIM_PRETRAINING_GRID.z
-    depth_bound: Bound = GEOMIM_PRETRAINING_GRID.depth
+    bev_x_bound: Bound = (-54.0, 54.0, 0.3)
+    bev_y_bound: Bound = (-54.0, 54.0, 0.3)
+    bev_z_bound: Bound = (-10.0, 10.0, 20.0)
+    depth_bound: Bound = (1.0, 60.0, 0.5)
     bev_downsample: int = 2
     teacher_channels: int = 256
     target_patch_size: int = 18
-    depth_loss_weight: float = GEOMIM_DEPTH_LOSS_WEIGHT
+    depth_loss_weight: float = 0.01
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
 

@@ -31,6 +31,7 @@ from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from ..inputs import check_forward_kwargs
 from .configuration_geomim import GeoMIMConfig
 
 
@@ -520,6 +521,7 @@ class GeoMIMModel(GeoMIMPreTrainedModel):
 
         ```
         """
+        check_forward_kwargs(self, kwargs)
         batch_shape = self.image_batch_shape(pixel_values)
         images = pixel_values.flatten(0, len(batch_shape) - 1)  # cameras folded into the batch
         if token_groups is not None:
@@ -558,6 +560,7 @@ class GeoMIMBackbone(BackboneMixin, GeoMIMPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, [num_cameras,] num_channels, height, width)`):
                 Normalised images; see [`GeoMIMModel`].
         """
+        check_forward_kwargs(self, kwargs)
         outputs = self.geomim(pixel_values, **kwargs)
         return BackboneOutput(feature_maps=outputs.feature_maps, hidden_states=outputs.hidden_states)
 

@@ -37,8 +37,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.nn import functional as F
 from transformers import initialization as init
-from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs
+from transformers.utils import ModelOutput
 
 from ...geometry import BEVPoolIndex, bev_pool, create_frustum, depth_bin_targets, depth_loss, frustum_to_ego
 from ...geometry._checks import check_shape
@@ -75,7 +74,8 @@ class GeoMIMForPretrainingOutput(ModelOutput):
         mask (`torch.FloatTensor` of shape `(2, height / 32, width / 32)`):
             `mask[g]` is 1 on the stride-32 cells hidden from group `g`, shared by every camera and sample. Pass it
             back as `mask=` to reuse it.
-        depth_probs (`torch.FloatTensor` of shape `(batch_size, 2, num_cameras, num_depth_bins, height / 16, width / 16)`):
+        depth_probabilities (`torch.FloatTensor` of shape `(batch_size, 2, num_cameras, num_depth_bins, height / 16,
+        width / 16)`):
             Each group's depth distribution (softmax over the bins) for every feature pixel.
     """
 
@@ -85,7 +85,7 @@ class GeoMIMForPretrainingOutput(ModelOutput):
     reconstruction: torch.FloatTensor | None = None
     normalized_target: torch.FloatTensor | None = None
     mask: torch.FloatTensor | None = None
-    depth_probs: torch.FloatTensor | None = None
+    depth_probabilities: torch.FloatTensor | None = None
 
 
 def normalize_bev_target(target: torch.Tensor, patch_size: int, eps: float = TARGET_NORM_EPS) -> torch.Tensor:
@@ -225,17 +225,17 @@ class GeoMIMViewTransform(nn.Module):
 
         Returns:
             bev: `(batch, bev_channels, X', Y')` downsampled BEV features, `(X, Y)` layout.
-            depth_probs: `(batch, cameras, num_depth_bins, h, w)`.
+            depth_probabilities: `(batch, cameras, num_depth_bins, h, w)`.
         """
         batch, cameras = depth_features.shape[:2]
         features = torch.cat([depth_features, semantic_features], dim=2).flatten(0, 1)  # (B * N, 2 * hidden, h, w)
         logits = self.depthnet(features).unflatten(0, (batch, cameras))  # (B, N, D + C, h, w)
         # The splat sums hundreds of points per cell: it runs in float32 whatever the autocast dtype.
-        depth_probs = logits[:, :, : self.num_depth_bins].float().softmax(dim=2)
+        depth_probabilities = logits[:, :, : self.num_depth_bins].float().softmax(dim=2)
         context = logits[:, :, self.num_depth_bins :].float()
         # bev_pool lays the grid out (Y, X); the teacher's map is (X, Y). This transpose is the one place they meet.
-        bev = bev_pool(depth_probs, context, index).transpose(-1, -2)  # (B, C, X, Y)
-        return self.downsample(bev), depth_probs
+        bev = bev_pool(depth_probabilities, context, index).transpose(-1, -2)  # (B, C, X, Y)
+        return self.downsample(bev), depth_probabilities
 
 
 class GeoMIMForPretraining(GeoMIMPreTrainedModel):
@@ -244,6 +244,7 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
     teacher's BEV features as the target, then keep the encoder with [`~GeoMIMForPretraining.save_encoder`]."""
 
     config: GeoMIMPretrainingConfig
+    target_input_names = ("teacher_features", "depth_targets")
 
     def __init__(self, config: GeoMIMPretrainingConfig):
         super().__init__(config)
@@ -429,20 +430,20 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
 
         Returns:
             reconstruction: `(batch, 2, teacher_channels, X, Y)`.
-            depth_probs: `(batch, 2, cameras, num_depth_bins, h, w)`.
+            depth_probabilities: `(batch, 2, cameras, num_depth_bins, h, w)`.
         """
-        reconstructions, depth_probs = [], []
+        reconstructions, depth_probabilities = [], []
         group_shape = (NUM_MASK_GROUPS, batch_size, num_cameras)
         for depth_group, semantic_group in zip(depth.unflatten(0, group_shape), semantic.unflatten(0, group_shape)):
-            bev, group_depth_probs = self.vtransform(depth_group, semantic_group, index)
+            bev, group_depth_probabilities = self.vtransform(depth_group, semantic_group, index)
             reconstructions.append(self.prediction_head(bev))
-            depth_probs.append(group_depth_probs)
-        return torch.stack(reconstructions, dim=1), torch.stack(depth_probs, dim=1)
+            depth_probabilities.append(group_depth_probabilities)
+        return torch.stack(reconstructions, dim=1), torch.stack(depth_probabilities, dim=1)
 
     def forward_loss(
         self,
         reconstruction: torch.Tensor,
-        depth_probs: torch.Tensor,
+        depth_probabilities: torch.Tensor,
         teacher_features: torch.Tensor,
         depth_targets: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -456,7 +457,7 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
             return target, reconstruction_loss, None
         bin_targets = depth_bin_targets(depth_targets.float(), self.config.bev_grid)  # (B, N, D, h, w)
         weighted_bce = torch.stack(
-            [depth_loss(depth_probs[:, g], bin_targets, weight=self.config.depth_loss_weight)
+            [depth_loss(depth_probabilities[:, g], bin_targets, weight=self.config.depth_loss_weight)
              for g in range(NUM_MASK_GROUPS)]
         )
         return target, reconstruction_loss, weighted_bce.mean()
@@ -503,7 +504,6 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
         depth_targets: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
     ) -> GeoMIMForPretrainingOutput:
         r"""
         Args:
@@ -557,12 +557,12 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
             None if lidar_augmentation is None else lidar_augmentation.float(),
         )
         index = BEVPoolIndex.from_geometry(geometry, self.config.bev_grid)
-        reconstruction, depth_probs = self.forward_bev(semantic, depth, index, batch_size, num_cameras)
+        reconstruction, depth_probabilities = self.forward_bev(semantic, depth, index, batch_size, num_cameras)
 
         loss = reconstruction_loss = weighted_depth_loss = target = None
         if teacher_features is not None:
             target, reconstruction_loss, weighted_depth_loss = self.forward_loss(
-                reconstruction, depth_probs, teacher_features, depth_targets
+                reconstruction, depth_probabilities, teacher_features, depth_targets
             )
             loss = reconstruction_loss if weighted_depth_loss is None else reconstruction_loss + weighted_depth_loss
         return GeoMIMForPretrainingOutput(
@@ -572,7 +572,7 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
             reconstruction=reconstruction,
             normalized_target=target,
             mask=mask,
-            depth_probs=depth_probs,
+            depth_probabilities=depth_probabilities,
         )
 
     def load_mixmim_decoder(self, decoder_state_dict: dict[str, torch.Tensor]) -> list[str]:

@@ -316,9 +316,7 @@ class GeoMIMLidarTeacher(GeoMIMLidarTeacherPreTrainedModel):
         """Hard voxels of a batch (B, P, C) in float32; see [`hard_voxelize_sample`]."""
         return hard_voxelize(points.float(), self.check_inputs(points, points_mask), self.config)
 
-    def forward(
-        self, points: torch.Tensor, points_mask: torch.Tensor | None = None, **kwargs
-    ) -> GeoMIMLidarTeacherOutput:
+    def forward(self, points: torch.Tensor, points_mask: torch.Tensor | None = None) -> GeoMIMLidarTeacherOutput:
         r"""
         Args:
             points (`torch.FloatTensor` of shape `(batch_size, num_points, in_channels)`):

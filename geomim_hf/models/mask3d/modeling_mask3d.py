@@ -40,6 +40,7 @@ from transformers.utils import ModelOutput, TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
+from ..inputs import check_forward_kwargs
 from .configuration_mask3d import Mask3DConfig
 
 MIN_DEPTH = 1e-3  # metres; predicted depth is clamped to [MIN_DEPTH, config.depth_cap]
@@ -112,6 +113,8 @@ class LayerConfig:
         self.__dict__.update(sizes)
 
     def __getattr__(self, name: str):
+        if name == "_config":  # copy and pickle build the object without __init__ and look attributes up first
+            raise AttributeError(name)
         return getattr(self._config, name)
 
 
@@ -398,6 +401,7 @@ class Mask3DModel(Mask3DPreTrainedModel):
 
         ```
         """
+        check_forward_kwargs(self, kwargs)
         if pixel_values.ndim != 4:
             raise ValueError(
                 f"pixel_values must be (batch_size, num_channels, height, width), got shape {tuple(pixel_values.shape)}"
@@ -555,6 +559,7 @@ class Mask3DForDepthPretraining(Mask3DPreTrainedModel):
 
         ```
         """
+        check_forward_kwargs(self, kwargs)
         grid = self.check_inputs(pixel_values, depth_values, rgb_noise, depth_noise)
         batch_size = pixel_values.shape[0]
         (rgb_ids_keep, rgb_mask, rgb_ids_restore), (depth_ids_keep, depth_mask, depth_ids_restore) = self.random_masks(
@@ -606,6 +611,7 @@ class Mask3DBackbone(BackboneMixin, Mask3DPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
                 Normalised images; height and width multiples of `config.patch_size`.
         """
+        check_forward_kwargs(self, kwargs)
         outputs = self.vit(pixel_values, **kwargs)
         batch_size = pixel_values.shape[0]
         grid = patch_grid(*pixel_values.shape[-2:], self.config.patch_size, "pixel_values")
