@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from geomim_hf.checkpoint_conversion import CheckpointConversionError, ConversionReport, load_checkpoint_file
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.hub import (
     add_conversion_output_arguments,
@@ -26,12 +27,8 @@ from geomim_hf.hub import (
 )
 from geomim_hf.models.bevdet import GeoMIMBEVDetectionConfig
 from geomim_hf.models.bevdet.configuration_bevdet import PRESET_GEOMETRY
-from geomim_hf.models.bevdet.conversion_bevdet import DetectorConversionReport, convert_detector_checkpoint
-from geomim_hf.models.geomim.conversion_geomim import (
-    CheckpointConversionError,
-    load_checkpoint_file,
-    released_swin_size,
-)
+from geomim_hf.models.bevdet.conversion_bevdet import convert_detector_checkpoint
+from geomim_hf.models.geomim.conversion_geomim import released_swin_size
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "geomim-bevdet4d-swin-base.md"
 
@@ -71,7 +68,7 @@ def describe(config: GeoMIMBEVDetectionConfig) -> dict[str, str]:
     }
 
 
-def render_card(config: GeoMIMBEVDetectionConfig, report: DetectorConversionReport, checkpoint: Path,
+def render_card(config: GeoMIMBEVDetectionConfig, report: ConversionReport, checkpoint: Path,
                 preset: str, repo_id: str) -> str:
     geomim = not config.encoder_config.shift_windows
     title = "GeoMIM Swin-B BEVDet4D (256 x 704)" if geomim else "ImageNet Swin-B BEVDet4D baseline (256 x 704)"

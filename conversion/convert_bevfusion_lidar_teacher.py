@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 
+from geomim_hf.checkpoint_conversion import CheckpointConversionError, load_checkpoint_file
 from geomim_hf.hub import (
     add_conversion_output_arguments,
     check_conversion_arguments,
     file_sha256,
     upload_folder_to_hub,
 )
-from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError, load_checkpoint_file
 from geomim_hf.models.lidar_teacher import GeoMIMLidarTeacherConfig, random_lidar_teacher
 from geomim_hf.models.lidar_teacher.conversion_lidar_teacher import convert_lidar_teacher_checkpoint
 

@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from geomim_hf.checkpoint_conversion import CheckpointConversionError, ConversionReport, load_checkpoint_file
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.hub import (
     add_conversion_output_arguments,
@@ -22,13 +23,7 @@ from geomim_hf.hub import (
     upload_folder_to_hub,
 )
 from geomim_hf.models.geomim import GeoMIMConfig
-from geomim_hf.models.geomim.conversion_geomim import (
-    CheckpointConversionError,
-    ConversionReport,
-    convert_checkpoint,
-    load_checkpoint_file,
-    released_swin_size,
-)
+from geomim_hf.models.geomim.conversion_geomim import convert_checkpoint, released_swin_size
 
 
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
@@ -134,7 +129,7 @@ def render_model_card(variant: str | None, record: str) -> str:
 def image_processor(report: ConversionReport) -> GeoMIMImageProcessor:
     """The input pipeline the weights were trained with: BEVDet finetuning (which feeds BGR, see
     ``GeoMIMImageProcessor``) for the backbone of a finetuned BEVDet checkpoint, true RGB otherwise."""
-    if report.backbone_prefix == "img_backbone.":
+    if report.prefix == "img_backbone.":
         return GeoMIMImageProcessor.bevdet_finetuning()
     return GeoMIMImageProcessor.geomim_pretraining()
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from geomim_hf.checkpoint_conversion import CheckpointConversionError, load_checkpoint_file
 from geomim_hf.hub import (
     add_conversion_output_arguments,
     check_conversion_arguments,
     upload_folder_to_hub,
 )
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
-from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError, load_checkpoint_file
 from geomim_hf.models.geomim.conversion_mixmim import GEOMIM_WINDOWS, convert_mixmim_checkpoint
 
 DECODER_FILE = "decoder_init.safetensors"

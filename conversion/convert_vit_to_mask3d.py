@@ -22,6 +22,7 @@ from pathlib import Path
 from transformers import AutoImageProcessor, AutoModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from geomim_hf.checkpoint_conversion import load_checkpoint_file, unwrap_state_dict
 from geomim_hf.data.scannet_rgbd import mask3d_image_processor
 from geomim_hf.hub import (
     add_conversion_output_arguments,
@@ -29,7 +30,6 @@ from geomim_hf.hub import (
     file_sha256,
     upload_folder_to_hub,
 )
-from geomim_hf.models.geomim.conversion_geomim import load_checkpoint_file, unwrap_state_dict
 from geomim_hf.models.mask3d.conversion_mask3d import build_encoder, convert_timm_state_dict, convert_transformers_vit
 
 MODEL_CARD = """---

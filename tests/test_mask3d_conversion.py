@@ -12,7 +12,7 @@ from timm.models.vision_transformer import VisionTransformer
 from transformers import ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel, ViTModel
 
 from geomim_hf import Mask3DForDepthPretraining, Mask3DModel
-from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError
+from geomim_hf.checkpoint_conversion import CheckpointConversionError
 from geomim_hf.models.mask3d.conversion_mask3d import build_encoder, convert_timm_state_dict
 
 SCRIPT = Path(__file__).resolve().parent.parent / "conversion" / "convert_vit_to_mask3d.py"
@@ -57,7 +57,8 @@ def test_timm_vit_converts_exactly(timm_vit, tmp_path, monkeypatch):
         torch.testing.assert_close(encoder(pixel_values).last_hidden_state, expected, rtol=0, atol=1e-5)
     assert encoder.config.layer_norm_eps == 1e-6 and encoder.config.image_size == [32, 32]
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "Dropped, classifier head: 2 [head.weight, head.bias]" in card and "not Mask3D-pretrained" in card
+    assert "Dropped, classifier head: 2 [head (2)]" in card and "not Mask3D-pretrained" in card
+    assert "Transformed, split_fused_qkv: 12 [layers (12)]" in card and "source file SHA-256" in card  # 2 x (w, b) x 3
     processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 32, "width": 32} and processor["image_processor_type"] == "ViTImageProcessor"
 
@@ -70,7 +71,7 @@ def test_original_mae_checkpoint_drops_the_decoder_and_reports_it(timm_vit, caps
                         "--num_attention_heads", "2", "--image_size", "24", "40"])
     report = capsys.readouterr().out
     assert "Dropped, MAE decoder (pretraining only): 6" in report
-    assert "position table resized bicubically from the 4x4 grid to 3x5" in report
+    assert "Transformed, resized bicubically from the 4x4 patch grid to 3x5" in report
     encoder = Mask3DModel.from_pretrained(tmp_path / "out")
     assert encoder.config.image_size == [24, 40]
     pretraining, info = Mask3DForDepthPretraining.from_pretrained(tmp_path / "out", output_loading_info=True)
