@@ -204,7 +204,7 @@ def test_script_refuses_a_non_empty_output_dir_a_missing_file_and_a_wrong_varian
     script = load_script()
     with pytest.raises(SystemExit):
         script.main(["--checkpoint", str(pretraining_checkpoint), "--output_dir", str(converted_dir)])
-    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert "is not empty; pass --overwrite_output_dir" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         script.main(["--checkpoint", str(tmp_path / "nope.pth"), "--output_dir", str(tmp_path / "out")])
     assert "nope.pth is not a file" in capsys.readouterr().err
@@ -223,18 +223,19 @@ def test_script_reports_an_unknown_key_and_writes_nothing(reference, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_script_overwrites_and_pushes_the_folder_when_asked(pretraining_checkpoint, tmp_path, monkeypatch):
-    script = load_script()
-    calls = []
-    monkeypatch.setattr(script, "upload_folder_to_hub",
-                        lambda repo_id, folder, commit_message: calls.append(("upload", repo_id, folder)))
+def test_script_overwrites_and_pushes_the_folder_when_asked(pretraining_checkpoint, tmp_path, hub_uploads):
     output_dir = tmp_path / "out"
     output_dir.mkdir()
     (output_dir / "stale.txt").write_text("old")
-    script.main(["--checkpoint", str(pretraining_checkpoint), "--output_dir", str(output_dir), "--overwrite",
-                 "--push_to_hub", "someone/geomim-tiny"])
-    assert calls == [("upload", "someone/geomim-tiny", output_dir)]
-    assert (output_dir / "model.safetensors").is_file()
+    load_script().main(["--checkpoint", str(pretraining_checkpoint), "--output_dir", str(output_dir),
+                        "--overwrite_output_dir", "--push_to_hub", "someone/geomim-tiny"])
+    written = ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert hub_uploads == [
+        {"create_repo": "someone/geomim-tiny", "exist_ok": True},
+        {"upload_folder": "someone/geomim-tiny", "folder": output_dir, "files": written,
+         "commit_message": "Add geomim_tiny.pth converted to GeoMIMModel", "ignore_patterns": None},
+    ]  # the user's own file stays local
+    assert sorted(path.name for path in output_dir.iterdir()) == sorted(written + ["stale.txt"])
 
 
 def test_released_sizes_get_their_model_card():
@@ -248,7 +249,7 @@ def test_released_sizes_get_their_model_card():
 
     card = script.render_model_card("base", "## Conversion record\n\nsource: geomim_base.pth")
     assert "| bevdet-swinb-4d-256x704-cbgs-geomim | GeoMIM Swin-B | 42.25 | 53.1 |" in card
-    assert card.rstrip().endswith("source: geomim_base.pth") and script.CONVERSION_RECORD_MARKER not in card
+    assert card.rstrip().endswith("source: geomim_base.pth") and "{{" not in card
     assert "| bevdet-occ-swinl-4d-stereo-2x-geomim | 46.27 |" in script.render_model_card("large", "record")
 
 

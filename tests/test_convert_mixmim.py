@@ -226,7 +226,7 @@ def test_script_writes_the_encoder_and_the_decoder_under_mixmim_names(mixmim, tm
         assert all(torch.equal(handle.get_tensor(key), checkpoint["model"][key]) for key in handle.keys())
     card = (output / "README.md").read_text()
     assert "starting point for GeoMIM pretraining" in card and "stage 1: window 4 -> 8" in card and "{{" not in card
-    assert f"`{MIXMIM_DECODER_FILE}` holds MixMIM's decoder tensors" in card
+    assert f"`{MIXMIM_DECODER_FILE}` holds MixMIM's decoder tensors" in card and "SHA-256" in card
 
 
 def test_imagenet_swin_gets_the_geomim_architecture(tmp_path):
@@ -242,6 +242,7 @@ def test_imagenet_swin_gets_the_geomim_architecture(tmp_path):
     assert model.config.window_size == [16, 16, 16, 8] and not model.config.shift_windows
     assert not model.embeddings.position_embeddings.any() and model.embeddings.position_embeddings.shape[-1] == 56
     assert not (tmp_path / "init" / MIXMIM_DECODER_FILE).exists()
+    assert "An ImageNet Swin has no pretraining decoder" in (tmp_path / "init" / "README.md").read_text()
 
 
 def test_mmdet_layout_unknown_keys_and_tiny_windows_are_refused(mixmim):

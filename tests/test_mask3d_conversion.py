@@ -42,14 +42,12 @@ def timm_vit() -> VisionTransformer:
     return perturb_(VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=7))
 
 
-def test_timm_vit_converts_exactly(timm_vit, tmp_path, monkeypatch):
+def test_timm_vit_converts_exactly(timm_vit, tmp_path, hub_uploads):
     torch.save(timm_vit.state_dict(), tmp_path / "vit.pth")
-    script = load_script()
-    uploads = []
-    monkeypatch.setattr(script, "upload_folder_to_hub", lambda repo_id, folder, message: uploads.append(repo_id))
-    script.main(["--source", str(tmp_path / "vit.pth"), "--output_dir", str(tmp_path / "out"),
-                 "--num_attention_heads", "2", "--push_to_hub", "someone/vit-mask3d"])
-    assert uploads == ["someone/vit-mask3d"]
+    load_script().main(["--source", str(tmp_path / "vit.pth"), "--output_dir", str(tmp_path / "out"),
+                        "--num_attention_heads", "2", "--push_to_hub", "someone/vit-mask3d"])
+    assert [upload.get("upload_folder") for upload in hub_uploads] == [None, "someone/vit-mask3d"]
+    assert hub_uploads[1]["files"] == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     encoder = Mask3DModel.from_pretrained(tmp_path / "out").eval()
     pixel_values = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -58,7 +56,7 @@ def test_timm_vit_converts_exactly(timm_vit, tmp_path, monkeypatch):
     assert encoder.config.layer_norm_eps == 1e-6 and encoder.config.image_size == [32, 32]
     card = (tmp_path / "out" / "README.md").read_text()
     assert "Dropped, classifier head: 2 [head (2)]" in card and "not Mask3D-pretrained" in card
-    assert "Transformed, split_fused_qkv: 12 [layers (12)]" in card and "source file SHA-256" in card  # 2 x (w, b) x 3
+    assert "Transformed, split_fused_qkv: 12 [layers (12)]" in card and "vit.pth` (SHA-256" in card  # 2 x (w, b) x 3
     processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 32, "width": 32} and processor["image_processor_type"] == "ViTImageProcessor"
 
