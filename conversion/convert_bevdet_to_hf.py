@@ -16,28 +16,22 @@ import argparse
 import sys
 from pathlib import Path
 
+from geomim_hf.checkpoint_conversion import CheckpointConversionError, ConversionReport, load_checkpoint_file
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.hub import (
     add_conversion_output_arguments,
     check_conversion_arguments,
-    file_sha256,
+    conversion_record,
     fill_template,
-    upload_folder_to_hub,
+    save_conversion,
 )
-from geomim_hf.models.bevdet import GeoMIMBEVDetectionConfig
 from geomim_hf.models.bev.configuration_bev import BEV_PRESETS
-from geomim_hf.models.bevdet.conversion_bevdet import (
-    DetectorConversionReport,
-    convert_detector_checkpoint,
-    preset_geometry,
-)
-from geomim_hf.models.geomim.conversion_geomim import (
-    CheckpointConversionError,
-    load_checkpoint_file,
-    released_swin_size,
-)
+from geomim_hf.models.bevdet import GeoMIMBEVDetectionConfig
+from geomim_hf.models.bevdet.conversion_bevdet import convert_detector_checkpoint, preset_geometry
+from geomim_hf.models.geomim.conversion_geomim import released_swin_size
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "geomim-bevdet4d-swin-base.md"
+CONVERTER = f"conversion/{Path(__file__).name}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,7 +70,7 @@ def describe(config: GeoMIMBEVDetectionConfig) -> dict[str, str]:
     }
 
 
-def render_card(config: GeoMIMBEVDetectionConfig, report: DetectorConversionReport, checkpoint: Path,
+def render_card(config: GeoMIMBEVDetectionConfig, report: ConversionReport, checkpoint: Path,
                 preset: str, repo_id: str) -> str:
     geomim = not config.bev_config.encoder_config.shift_windows
     title = "GeoMIM Swin-B BEVDet4D (256 x 704)" if geomim else "ImageNet Swin-B BEVDet4D baseline (256 x 704)"
@@ -87,13 +81,8 @@ def render_card(config: GeoMIMBEVDetectionConfig, report: DetectorConversionRepo
         "The ImageNet-initialised baseline of GeoMIM's detection table (`bevdet-swinb-4d-256x704-cbgs`): the same "
         "detector with a standard shifted-window Swin-B."
     )
-    record = "\n".join([
-        "## Conversion record", "",
-        f"- Source file: `{checkpoint.name}` (SHA-256 `{file_sha256(checkpoint)}`)",
-        f"- Preset: `{preset}` ({preset_geometry(preset)})",
-        "- Converter: `conversion/convert_bevdet_to_hf.py` (geomim_hf), strict load, report below", "",
-        "```text", report.format(), "```",
-    ])
+    record = conversion_record(checkpoint, CONVERTER, report,
+                               details=[f"Preset: `{preset}` ({preset_geometry(preset)})"])
     return fill_template(CARD_TEMPLATE.read_text(), {"title": title, "description": description, "repo_id": repo_id,
                                                      "conversion_record": record, **describe(config)})
 
@@ -111,19 +100,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: cannot convert {args.checkpoint}: {error}")
     print(report.format())
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.output_dir)
-    GeoMIMImageProcessor.bevdet_finetuning(
-        size={"height": model.config.bev_config.image_size[0], "width": model.config.bev_config.image_size[1]}
-    ).save_pretrained(args.output_dir)
-    repo_id = args.push_to_hub or str(args.output_dir)
-    (args.output_dir / "README.md").write_text(render_card(model.config, report, args.checkpoint, args.preset,
-                                                           repo_id))
-    print(f"Wrote {args.output_dir}: model.safetensors, config.json, preprocessor_config.json, README.md")
-    if args.push_to_hub:
-        upload_folder_to_hub(args.push_to_hub, args.output_dir,
-                             f"Add {args.checkpoint.name} converted to GeoMIMForBEVDetection")
-        print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
+    card = render_card(model.config, report, args.checkpoint, args.preset, args.push_to_hub or str(args.output_dir))
+    processor = GeoMIMImageProcessor.bevdet_finetuning(
+        size=dict(zip(("height", "width"), model.config.bev_config.image_size)))
+    save_conversion(args.output_dir, model, card, image_processor=processor, push_to_hub=args.push_to_hub,
+                    commit_message=f"Add {args.checkpoint.name} converted to GeoMIMForBEVDetection")
 
 
 if __name__ == "__main__":

@@ -7,52 +7,31 @@ initialised teacher (for data without a trained LiDAR detector, such as the synt
 Accepted checkpoints: bevfusion detectors and GeoMIM pretraining checkpoints (the SparseEncoder under
 `encoders.lidar.backbone.`), or a bare SparseEncoder state dict; kernels in spconv 1.x or 2.x layout. The key mapping
 lives in `geomim_hf.models.lidar_teacher.conversion_lidar_teacher`; this script loads the file (`weights_only=True`),
-prints the conversion report, and writes `model.safetensors`, `config.json` and a model card.
+prints the conversion report, and writes `model.safetensors`, `config.json` and a model card (`model_cards/`
+`geomim-lidar-teacher-bevfusion.md`, or `geomim-lidar-teacher-random.md`).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-
+from geomim_hf.checkpoint_conversion import CheckpointConversionError, load_checkpoint_file
 from geomim_hf.hub import (
     add_conversion_output_arguments,
     check_conversion_arguments,
-    file_sha256,
-    upload_folder_to_hub,
+    conversion_record,
+    fill_template,
+    save_conversion,
 )
-from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError, load_checkpoint_file
 from geomim_hf.models.lidar_teacher import GeoMIMLidarTeacherConfig, random_lidar_teacher
 from geomim_hf.models.lidar_teacher.conversion_lidar_teacher import convert_lidar_teacher_checkpoint
 
-MODEL_CARD = Path(__file__).resolve().parent.parent / "model_cards" / "geomim-lidar-teacher-bevfusion.md"
-CONVERSION_RECORD_MARKER = "<!-- conversion-record -->"
+MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+CONVERTER = f"conversion/{Path(__file__).name}"
 RANDOM_PRESETS = {"bevfusion": GeoMIMLidarTeacherConfig, "small_grid": GeoMIMLidarTeacherConfig.small_grid}
-
-RANDOM_TEACHER_CARD = """---
-library_name: geomim_hf
-tags:
-- geomim_hf
-- lidar
-- sparse-convolution
----
-
-# Randomly initialised GeoMIM LiDAR teacher ({preset}, seed {seed})
-
-A `GeoMIMLidarTeacher` (voxeliser and bevfusion's SparseEncoder) with **random** weights: He-initialised sparse
-convolutions, identity BatchNorms, drawn with `torch.manual_seed({seed})`. It is option (b) of the project notes for
-data without a trained LiDAR detector: untrained, its BEV features still encode the occupied geometry, which is what
-GeoMIM pretraining on such data reconstructs. It detects nothing, and no result is claimed for it. Every experiment that
-uses it should say so.
-
-| | |
-|---|---|
-| Voxels | {voxel_size} m over {point_cloud_range} m (LiDAR frame); {max_num_points} points, {max_voxels} voxels max |
-| Channels | base {base_channels}, encoder {encoder_channels}, output {output_channels} |
-| BEV map | {bev_shape} (channels, X, Y) |
-
-Written by `conversion/convert_bevfusion_lidar_teacher.py --random_init {preset} --seed {seed}` (geomim_hf).
-"""
+# The fields of the random teacher's card that are its config's.
+RANDOM_CARD_CONFIG_FIELDS = ("voxel_size", "point_cloud_range", "max_num_points", "max_voxels", "base_channels",
+                             "encoder_channels", "output_channels", "bev_shape")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,20 +56,6 @@ def config_overrides(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def conversion_record(checkpoint: Path, report_text: str) -> str:
-    digest = file_sha256(checkpoint)
-    return "\n".join([
-        "## Conversion record",
-        "",
-        f"- Source file: `{checkpoint.name}` (SHA-256 `{digest}`)",
-        "- Converter: `conversion/convert_bevfusion_lidar_teacher.py` (geomim_hf), strict load, report below",
-        "",
-        "```text",
-        report_text,
-        "```",
-    ])
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = config_overrides(args)
@@ -100,27 +65,16 @@ def main(argv: list[str] | None = None) -> None:
         except CheckpointConversionError as error:
             sys.exit(f"error: cannot convert {args.checkpoint}: {error}")
         print(report.format())
-        template = MODEL_CARD.read_text()
-        if CONVERSION_RECORD_MARKER not in template:
-            raise ValueError(f"{MODEL_CARD} has no {CONVERSION_RECORD_MARKER} marker")
-        card = template.replace(CONVERSION_RECORD_MARKER, conversion_record(args.checkpoint, report.format()))
+        card = fill_template((MODEL_CARDS_DIR / "geomim-lidar-teacher-bevfusion.md").read_text(),
+                             {"conversion_record": conversion_record(args.checkpoint, CONVERTER, report)})
     else:
         teacher = random_lidar_teacher(RANDOM_PRESETS[args.random_init](**overrides), args.seed)
-        config = teacher.config
-        card = RANDOM_TEACHER_CARD.format(preset=args.random_init, seed=args.seed, bev_shape=config.bev_shape,
-                                          **{key: getattr(config, key) for key in (
-                                              "voxel_size", "point_cloud_range", "max_num_points", "max_voxels",
-                                              "base_channels", "encoder_channels", "output_channels")})
-        print(f"Random teacher ({args.random_init}, seed {args.seed}): BEV map {config.bev_shape}")
-
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    teacher.save_pretrained(args.output_dir)
-    (args.output_dir / "README.md").write_text(card)
-    print(f"Wrote {args.output_dir}: model.safetensors, config.json, README.md")
-
-    if args.push_to_hub:
-        upload_folder_to_hub(args.push_to_hub, args.output_dir, "Add GeoMIM LiDAR teacher")
-        print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
+        fields = {name: getattr(teacher.config, name) for name in RANDOM_CARD_CONFIG_FIELDS}
+        card = fill_template((MODEL_CARDS_DIR / "geomim-lidar-teacher-random.md").read_text(),
+                             {"preset": args.random_init, "seed": args.seed, **fields})
+        print(f"Random teacher ({args.random_init}, seed {args.seed}): BEV map {teacher.config.bev_shape}")
+    save_conversion(args.output_dir, teacher, card, push_to_hub=args.push_to_hub,
+                    commit_message="Add GeoMIM LiDAR teacher")
 
 
 if __name__ == "__main__":

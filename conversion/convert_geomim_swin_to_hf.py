@@ -7,55 +7,34 @@
 Accepted sources: GeoMIM pretraining checkpoints, the backbone of finetuned BEVDet detectors, mmdet Swin backbones,
 and official / timm Swin checkpoints (converted with shifted windows). The key mapping lives in
 `geomim_hf.models.geomim.conversion_geomim`; this script loads the file (`weights_only=True`), prints the conversion
-report, and writes `model.safetensors`, `config.json` and a model card filled from `model_cards/`.
+report, and writes `model.safetensors`, `config.json`, `preprocessor_config.json` and a model card filled from
+`model_cards/` (the released size's, or `geomim-swin-converted.md`).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+from geomim_hf.checkpoint_conversion import CheckpointConversionError, ConversionReport, load_checkpoint_file
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.hub import (
     add_conversion_output_arguments,
     check_conversion_arguments,
-    file_sha256,
-    upload_folder_to_hub,
+    conversion_record,
+    fill_template,
+    save_conversion,
 )
 from geomim_hf.models.geomim import GeoMIMConfig
-from geomim_hf.models.geomim.conversion_geomim import (
-    CheckpointConversionError,
-    ConversionReport,
-    convert_checkpoint,
-    load_checkpoint_file,
-    released_swin_size,
-)
-
+from geomim_hf.models.geomim.conversion_geomim import convert_checkpoint, released_swin_size
 
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
-CONVERSION_RECORD_MARKER = "<!-- conversion-record -->"
+CONVERTER = f"conversion/{Path(__file__).name}"
 
 # The released GeoMIM encoders (geomim.md section 1.1); both have depths (2, 2, 18, 2) and windows (16, 16, 16, 8).
 GEOMIM_VARIANTS = {
     "base": {"embed_dim": 128, "num_heads": [4, 8, 16, 32]},
     "large": {"embed_dim": 192, "num_heads": [6, 12, 24, 48]},
 }
-
-GENERIC_MODEL_CARD = f"""---
-library_name: geomim_hf
-tags:
-- swin
-- geomim_hf
-pipeline_tag: image-feature-extraction
----
-
-# Swin encoder converted to `GeoMIMModel`
-
-This folder holds a Swin encoder converted with `conversion/convert_geomim_swin_to_hf.py` from the `geomim_hf`
-package. It is not one of the released GeoMIM Swin-B / Swin-L encoders, so no results are claimed for it. Load it
-with `import geomim_hf` followed by `transformers.AutoModel.from_pretrained(<this folder>)`.
-
-{CONVERSION_RECORD_MARKER}
-"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,37 +83,16 @@ def describe_architecture(config: GeoMIMConfig, report: ConversionReport) -> str
     )
 
 
-def conversion_record(checkpoint: Path, config: GeoMIMConfig, report: ConversionReport) -> str:
-    return "\n".join(
-        [
-            "## Conversion record",
-            "",
-            f"- Source file: `{checkpoint.name}` (SHA-256 `{file_sha256(checkpoint)}`)",
-            f"- Architecture read from the weights: {describe_architecture(config, report)}",
-            "- Converter: `conversion/convert_geomim_swin_to_hf.py` (geomim_hf), strict load, report below",
-            "",
-            "```text",
-            report.format(),
-            "```",
-        ]
-    )
-
-
 def render_model_card(variant: str | None, record: str) -> str:
-    """The card template of the GeoMIM `variant` (or a generic one for other encoders) with `record` filled in."""
-    if variant is None:
-        template = GENERIC_MODEL_CARD
-    else:
-        template = (MODEL_CARDS_DIR / f"geomim-swin-{variant}.md").read_text()
-    if CONVERSION_RECORD_MARKER not in template:
-        raise ValueError(f"The {variant or 'generic'} model card template has no {CONVERSION_RECORD_MARKER} marker")
-    return template.replace(CONVERSION_RECORD_MARKER, record)
+    """The card of the released GeoMIM `variant` (or the generic one for other encoders) with `record` filled in."""
+    name = "geomim-swin-converted.md" if variant is None else f"geomim-swin-{variant}.md"
+    return fill_template((MODEL_CARDS_DIR / name).read_text(), {"conversion_record": record})
 
 
 def image_processor(report: ConversionReport) -> GeoMIMImageProcessor:
     """The input pipeline the weights were trained with: BEVDet finetuning (which feeds BGR, see
     ``GeoMIMImageProcessor``) for the backbone of a finetuned BEVDet checkpoint, true RGB otherwise."""
-    if report.backbone_prefix == "img_backbone.":
+    if report.prefix == "img_backbone.":
         return GeoMIMImageProcessor.bevdet_finetuning()
     return GeoMIMImageProcessor.geomim_pretraining()
 
@@ -161,17 +119,12 @@ def main(argv: list[str] | None = None) -> None:
             f"({GEOMIM_VARIANTS[args.variant]}), the checkpoint is {describe_architecture(model.config, report)}"
         )
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.output_dir)
-    image_processor(report).save_pretrained(args.output_dir)
-    record = conversion_record(args.checkpoint, model.config, report)
-    (args.output_dir / "README.md").write_text(render_model_card(variant, record))
-    print(f"Wrote {args.output_dir}: model.safetensors, config.json, preprocessor_config.json, README.md "
-          f"({variant or 'generic'} card)")
-
-    if args.push_to_hub:
-        upload_folder_to_hub(args.push_to_hub, args.output_dir, f"Add {args.checkpoint.name} converted to GeoMIMModel")
-        print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
+    architecture = f"Architecture read from the weights: {describe_architecture(model.config, report)}"
+    record = conversion_record(args.checkpoint, CONVERTER, report, details=[architecture])
+    print(f"Model card: {variant or 'generic'}")
+    save_conversion(args.output_dir, model, render_model_card(variant, record),
+                    image_processor=image_processor(report), push_to_hub=args.push_to_hub,
+                    commit_message=f"Add {args.checkpoint.name} converted to GeoMIMModel")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ Writes a `GeoMIMModel` folder (unshifted windows, by default GeoMIM's (16, 16, 1
 from MixMIM's (14, 14, 14, 7) or ImageNet Swin's 7 BEiT-style; absolute position embedding (1, C, 56, 56); fresh
 identity output norms) and, for MixMIM, `decoder_init.safetensors`: MixMIM's decoder tensors under their MixMIM names
 and shapes (`mask_token`, `decoder_embed.*`, `decoder_pos_embed` (1, 49, 512), `decoder_blocks.*`, `decoder_norm.*`,
-`decoder_pred.*`), for `GeoMIMForPretraining` to take its decoder initialisation from. GeoMIM's loader used
-`mask_token`, `decoder_pos_embed` (as (1, 512, 7, 7)), `decoder_blocks.0-7` and `decoder_norm`. The key mapping lives
-in `geomim_hf.models.geomim.conversion_mixmim`.
+`decoder_pred.*`), from which `load_mixmim_decoder` initialises the decoder of `GeoMIMForPretraining` as GeoMIM's
+loader did: `mask_token`, `decoder_pos_embed` (as (1, 512, 7, 7)), `decoder_blocks.0-7` and `decoder_norm`. The key
+mapping lives in `geomim_hf.models.geomim.conversion_mixmim`; the card is `model_cards/geomim-mixmim-init.md`.
 """
 
 import argparse
@@ -19,47 +19,27 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from geomim_hf.checkpoint_conversion import CheckpointConversionError, load_checkpoint_file
+from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.hub import (
     add_conversion_output_arguments,
     check_conversion_arguments,
-    upload_folder_to_hub,
+    conversion_record,
+    fill_template,
+    save_conversion,
 )
-from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
-from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError, load_checkpoint_file
-from geomim_hf.models.geomim.conversion_mixmim import GEOMIM_WINDOWS, convert_mixmim_checkpoint
+from geomim_hf.models.geomim.conversion_mixmim import GEOMIM_WINDOWS, MIXMIM_DECODER_FILE, convert_mixmim_checkpoint
 
-DECODER_FILE = "decoder_init.safetensors"
-
-MODEL_CARD = """---
-library_name: geomim_hf
-tags:
-- swin
-- geomim_hf
-pipeline_tag: image-feature-extraction
----
-
-# GeoMIM pretraining initialisation from `{source}`
-
-The {kind} encoder of `{source}` in GeoMIM's architecture (`GeoMIMModel`: windows {windows}, never shifted, absolute
-position embedding on a 56 x 56 grid), converted with `conversion/convert_mixmim_to_geomim.py` (geomim_hf) the way
-GeoMIM's pretraining initialises its encoder. It is a **starting point for GeoMIM pretraining**, not a GeoMIM
-encoder, and no result is claimed for it.{decoder_note}
-
-## Conversion record
-
-- Source file: `{source}`
-- Converter: `conversion/convert_mixmim_to_geomim.py`, strict load, report below
-
-```text
-{report}
-```
-"""
-
-DECODER_NOTE = f"""
-
-`{DECODER_FILE}` holds MixMIM's decoder tensors under their MixMIM names and shapes, for the pretraining model's
-decoder initialisation. The original loaded `mask_token`, `decoder_pos_embed` (reshaped to (1, 512, 7, 7)),
-`decoder_blocks.0-7` and `decoder_norm` from them."""
+MODEL_CARD = Path(__file__).resolve().parent.parent / "model_cards" / "geomim-mixmim-init.md"
+CONVERTER = f"conversion/{Path(__file__).name}"
+# The card's decoder section, for a MixMIM checkpoint and for an ImageNet Swin one.
+DECODER_NOTES = {
+    "mixmim": f"`{MIXMIM_DECODER_FILE}` holds MixMIM's decoder tensors under their MixMIM names and shapes, for the\n"
+              "pretraining model's decoder initialisation (`examples/pretrain_geomim.py --encoder_name_or_path <this\n"
+              "folder>` takes it). As the original, GeoMIM takes `mask_token`, `decoder_pos_embed` (reshaped to\n"
+              "(1, 512, 7, 7)), `decoder_blocks.0-7` and `decoder_norm` from it.",
+    "swin": "An ImageNet Swin has no pretraining decoder: GeoMIM's decoder starts from its own initialisation.",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,23 +62,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: cannot convert {args.checkpoint}: {error}")
     print(report.format())
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.output_dir)
-    GeoMIMImageProcessor.geomim_pretraining().save_pretrained(args.output_dir)
-    if decoder:
-        save_file({key: value.contiguous() for key, value in decoder.items()}, args.output_dir / DECODER_FILE,
-                  metadata={"source": args.checkpoint.name, "names": "MixMIM (Sense-X/MixMIM models_mixmim.py)"})
-    (args.output_dir / "README.md").write_text(MODEL_CARD.format(
-        source=args.checkpoint.name, kind="MixMIM" if report.source_layout == "mixmim" else "ImageNet Swin",
-        windows=tuple(model.config.window_size), decoder_note=DECODER_NOTE if decoder else "", report=report.format(),
-    ))
-    written = ["model.safetensors", "config.json", "preprocessor_config.json", "README.md"]
-    print(f"Wrote {args.output_dir}: {', '.join(written + ([DECODER_FILE] if decoder else []))}")
+    card = fill_template(MODEL_CARD.read_text(), {
+        "source": args.checkpoint.name, "kind": "MixMIM" if decoder else "ImageNet Swin",
+        "windows": tuple(model.config.window_size), "decoder": DECODER_NOTES[report.source_layout],
+        "conversion_record": conversion_record(args.checkpoint, CONVERTER, report),
+    })
 
-    if args.push_to_hub:
-        upload_folder_to_hub(args.push_to_hub, args.output_dir,
-                             f"Add {args.checkpoint.name} converted for GeoMIM pretraining")
-        print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
+    def write_decoder(path: Path) -> None:
+        save_file({key: value.contiguous() for key, value in decoder.items()}, path,
+                  metadata={"source": args.checkpoint.name, "names": "MixMIM (Sense-X/MixMIM models_mixmim.py)"})
+
+    save_conversion(args.output_dir, model, card, image_processor=GeoMIMImageProcessor.geomim_pretraining(),
+                    extra_files={MIXMIM_DECODER_FILE: write_decoder} if decoder else None,
+                    push_to_hub=args.push_to_hub,
+                    commit_message=f"Add {args.checkpoint.name} converted for GeoMIM pretraining")
 
 
 if __name__ == "__main__":

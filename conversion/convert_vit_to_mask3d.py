@@ -22,38 +22,19 @@ from pathlib import Path
 from transformers import AutoImageProcessor, AutoModel
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from geomim_hf.checkpoint_conversion import load_checkpoint_file, unwrap_state_dict
 from geomim_hf.data.scannet_rgbd import mask3d_image_processor
 from geomim_hf.hub import (
     add_conversion_output_arguments,
     check_conversion_arguments,
-    file_sha256,
-    upload_folder_to_hub,
+    conversion_record,
+    fill_template,
+    save_conversion,
 )
-from geomim_hf.models.geomim.conversion_geomim import load_checkpoint_file, unwrap_state_dict
 from geomim_hf.models.mask3d.conversion_mask3d import build_encoder, convert_timm_state_dict, convert_transformers_vit
 
-MODEL_CARD = """---
-library_name: geomim_hf
-tags:
-- mask3d-rgbd-vit
-- vision-transformer
-- geomim_hf
-pipeline_tag: image-feature-extraction
----
-
-# ViT encoder converted to `Mask3DModel` (not Mask3D-pretrained)
-
-The RGB encoder of `geomim_hf`'s Mask3D RGB-D ViT (the 2D ViT of Hou et al., CVPR 2023; not the point-cloud Mask3D),
-initialised from `{source}` by `conversion/convert_vit_to_mask3d.py`. It has not been through Mask3D pretraining, and no
-results are claimed for it; it is a starting point for `examples/pretrain_mask3d.py --model_name_or_path <this folder>`.
-
-## Conversion record
-
-```text
-{report}
-```
-"""
-
+MODEL_CARD = Path(__file__).resolve().parent.parent / "model_cards" / "mask3d-vit-converted.md"
+CONVERTER = f"conversion/{Path(__file__).name}"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,7 +59,6 @@ def convert(args: argparse.Namespace):
         state_dict = unwrap_state_dict(load_checkpoint_file(source))
         config, converted, report = convert_timm_state_dict(state_dict, args.num_attention_heads, args.layer_norm_eps)
         normalisation = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-        report.notes.append(f"source file SHA-256 {file_sha256(source)}")
         report.notes.append("normalisation: ImageNet mean / std assumed (a timm file does not record it)")
     else:
         model = AutoModel.from_pretrained(args.source)
@@ -101,14 +81,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: cannot convert {args.source}: {error}")
     print(report.format())
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    encoder.save_pretrained(args.output_dir)
-    mask3d_image_processor(encoder.config.image_size, image_mean, image_std).save_pretrained(args.output_dir)
-    (args.output_dir / "README.md").write_text(MODEL_CARD.format(source=args.source, report=report.format()))
-    print(f"Wrote {args.output_dir}: model.safetensors, config.json, preprocessor_config.json, README.md")
-    if args.push_to_hub:
-        upload_folder_to_hub(args.push_to_hub, args.output_dir, f"Add {args.source} converted to Mask3DModel")
-        print(f"Pushed {args.output_dir} to https://huggingface.co/{args.push_to_hub}")
+    card = fill_template(MODEL_CARD.read_text(), {
+        "source": args.source, "conversion_record": conversion_record(args.source, CONVERTER, report)})
+    save_conversion(args.output_dir, encoder, card,
+                    image_processor=mask3d_image_processor(encoder.config.image_size, image_mean, image_std),
+                    push_to_hub=args.push_to_hub, commit_message=f"Add {args.source} converted to Mask3DModel")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from geomim_hf import GeoMIMForPretraining, GeoMIMModel, GeoMIMPretrainingConfig
 from geomim_hf.data import GeoMIMImageProcessor
 from geomim_hf.data.pretraining_collate import PretrainingCollator
 from geomim_hf.data.training_scenes import TrainingScenes
+from geomim_hf.models.geomim.conversion_mixmim import load_mixmim_decoder
 from geomim_hf.models.geomim.modeling_geomim_pretraining import bev_cosine_similarity
 from geomim_hf.models.lidar_teacher import (
     GeoMIMLidarTeacher,
@@ -142,8 +143,8 @@ def build_model(args: argparse.Namespace) -> GeoMIMForPretraining:
     decoder_file = cached_file(args.encoder_name_or_path, MIXMIM_DECODER_FILE,
                                _raise_exceptions_for_missing_entries=False)
     if decoder_file is not None:
-        loaded = model.load_mixmim_decoder(load_file(decoder_file))
-        logger.info(f"decoder initialised from MixMIM's ({len(loaded)} tensors of {decoder_file})")
+        report = load_mixmim_decoder(model, load_file(decoder_file))
+        logger.info(f"decoder initialised from MixMIM's ({len(report.converted)} tensors of {decoder_file})")
     return model
 
 

@@ -15,8 +15,8 @@ from bevdet_checkpoint import SIX_TASKS, DetectorSpec, random_batch, random_stat
 from bevdet_reference import LSSSettings, bevdet_forward
 
 from geomim_hf import GeoMIMForBEVDetection, GeoMIMImageProcessor
+from geomim_hf.checkpoint_conversion import CheckpointConversionError, load_checkpoint_file
 from geomim_hf.models.bevdet.conversion_bevdet import convert_detector_checkpoint
-from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError, load_checkpoint_file
 
 SCRIPT = Path(__file__).resolve().parent.parent / "conversion" / "convert_bevdet_to_hf.py"
 SMALL = LSSSettings(x=(-51.2, 51.2, 3.2), y=(-51.2, 51.2, 3.2), input_size=(64, 192))

@@ -18,13 +18,12 @@ from transformers import AutoImageProcessor
 from mmdet_swin_reference import MMDetGeoMIMSwin, PatchMerging
 
 from geomim_hf import GeoMIMConfig, GeoMIMImageProcessor, GeoMIMModel
+from geomim_hf.checkpoint_conversion import CheckpointConversionError, ConversionReport, load_checkpoint_file
 from geomim_hf.models.geomim.conversion_geomim import (
-    CheckpointConversionError,
-    ConversionReport,
     convert_checkpoint,
     convert_state_dict,
     grouped_to_unfold_channels,
-    load_checkpoint_file,
+    released_swin_size,
     unfold_to_grouped_channels,
 )
 from geomim_hf.models.geomim.modeling_geomim import GeoMIMPatchMerging
@@ -106,13 +105,18 @@ def test_script_writes_a_model_folder_with_the_conversion_report(converted_dir):
     processor = AutoImageProcessor.from_pretrained(converted_dir)  # a pretraining checkpoint: true RGB input
     assert isinstance(processor, GeoMIMImageProcessor) and processor.channel_order == "rgb"
     card = (converted_dir / "README.md").read_text()  # the generic card: tiny widths are no released GeoMIM size
-    assert "## Conversion record" in card and "geomim_tiny.pth" in card
+    assert "## Conversion record" in card and "geomim_tiny.pth" in card and "{{" not in card
     assert "Missing: 0" in card and "Unexpected: 0" in card
+    # Every source key accounted for: 122 converted + 12 + 3 + 8 dropped.
+    assert "Source: mmdet layout, prefix encoders.camera.backbone., 145 tensors" in card
     assert "Converted: 122 source tensors -> 154 GeoMIMModel tensors" in card  # qkv splits in three
+    assert "Transformed, split_fused_qkv: 48 [encoder.layers (48)]" in card
     assert f"Dropped, GeoMIM pretraining only: {len(PRETRAINING_ONLY_KEYS)}" in card
-    assert "Dropped, outside encoders.camera.backbone: 3" in card
-    assert "Dropped, derived buffer, rebuilt from the window size: 8" in card
-    assert "patch-merging channels reordered from nn.Unfold order: 9" in card
+    outside = "Dropped, outside encoders.camera.backbone: 3 [encoders.camera (1), encoders.lidar (1), " \
+              "prediction_head (1)]"
+    assert outside in card
+    assert "Dropped, derived buffer, rebuilt from the window size: 8 [stages (8)]" in card
+    assert "Transformed, unfold_to_grouped_channels: 9 [encoder.layers (9)]" in card  # patch-merging channel order
 
 
 def test_converted_geomim_matches_the_reference_on_six_cameras(reference, converted_dir):
@@ -142,7 +146,7 @@ def test_every_container_and_prefix_of_the_original_loader_converts_the_same(ref
     }
     for prefix, checkpoint in forms.items():
         _, converted, report = convert_state_dict(checkpoint)
-        assert report.backbone_prefix == prefix
+        assert report.prefix == prefix
         assert converted.keys() == expected.keys(), prefix
         assert all(torch.equal(converted[key], expected[key]) for key in expected), prefix
 
@@ -180,7 +184,7 @@ def test_checkpoints_without_a_swin_encoder_are_rejected(checkpoint, message):
 
 def test_checkpoint_files_are_loaded_with_weights_only(tmp_path):
     path = tmp_path / "pickled_object.pth"
-    torch.save({"state_dict": {}, "meta": ConversionReport("mmdet", "")}, path)
+    torch.save({"state_dict": {}, "meta": ConversionReport("GeoMIMModel", "mmdet")}, path)
     with pytest.raises(CheckpointConversionError, match="weights_only=True"):
         load_checkpoint_file(path)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
@@ -200,7 +204,7 @@ def test_script_refuses_a_non_empty_output_dir_a_missing_file_and_a_wrong_varian
     script = load_script()
     with pytest.raises(SystemExit):
         script.main(["--checkpoint", str(pretraining_checkpoint), "--output_dir", str(converted_dir)])
-    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert "is not empty; pass --overwrite_output_dir" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         script.main(["--checkpoint", str(tmp_path / "nope.pth"), "--output_dir", str(tmp_path / "out")])
     assert "nope.pth is not a file" in capsys.readouterr().err
@@ -219,32 +223,33 @@ def test_script_reports_an_unknown_key_and_writes_nothing(reference, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_script_overwrites_and_pushes_the_folder_when_asked(pretraining_checkpoint, tmp_path, monkeypatch):
-    script = load_script()
-    calls = []
-    monkeypatch.setattr(script, "upload_folder_to_hub",
-                        lambda repo_id, folder, commit_message: calls.append(("upload", repo_id, folder)))
+def test_script_overwrites_and_pushes_the_folder_when_asked(pretraining_checkpoint, tmp_path, hub_uploads):
     output_dir = tmp_path / "out"
     output_dir.mkdir()
     (output_dir / "stale.txt").write_text("old")
-    script.main(["--checkpoint", str(pretraining_checkpoint), "--output_dir", str(output_dir), "--overwrite",
-                 "--push_to_hub", "someone/geomim-tiny"])
-    assert calls == [("upload", "someone/geomim-tiny", output_dir)]
-    assert (output_dir / "model.safetensors").is_file()
+    load_script().main(["--checkpoint", str(pretraining_checkpoint), "--output_dir", str(output_dir),
+                        "--overwrite_output_dir", "--push_to_hub", "someone/geomim-tiny"])
+    written = ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert hub_uploads == [
+        {"create_repo": "someone/geomim-tiny", "exist_ok": True},
+        {"upload_folder": "someone/geomim-tiny", "folder": output_dir, "files": written,
+         "commit_message": "Add geomim_tiny.pth converted to GeoMIMModel", "ignore_patterns": None},
+    ]  # the user's own file stays local
+    assert sorted(path.name for path in output_dir.iterdir()) == sorted(written + ["stale.txt"])
 
 
 def test_released_sizes_get_their_model_card():
     script = load_script()
-    mmdet = ConversionReport(source_layout="mmdet", backbone_prefix=GEOMIM_PREFIX)
+    mmdet = ConversionReport("GeoMIMModel", source_layout="mmdet", prefix=GEOMIM_PREFIX)
     large = GeoMIMConfig(embed_dim=192, num_heads=[6, 12, 24, 48])
     assert script.geomim_variant(GeoMIMConfig(), mmdet) == "base"
     assert script.geomim_variant(large, mmdet) == "large"
     assert script.geomim_variant(GeoMIMConfig(shift_windows=True), mmdet) is None
-    assert script.geomim_variant(GeoMIMConfig(), ConversionReport("swin", "")) is None
+    assert script.geomim_variant(GeoMIMConfig(), ConversionReport("GeoMIMModel", "swin")) is None
 
     card = script.render_model_card("base", "## Conversion record\n\nsource: geomim_base.pth")
     assert "| bevdet-swinb-4d-256x704-cbgs-geomim | GeoMIM Swin-B | 42.25 | 53.1 |" in card
-    assert card.rstrip().endswith("source: geomim_base.pth") and script.CONVERSION_RECORD_MARKER not in card
+    assert card.rstrip().endswith("source: geomim_base.pth") and "{{" not in card
     assert "| bevdet-occ-swinl-4d-stereo-2x-geomim | 46.27 |" in script.render_model_card("large", "record")
 
 
@@ -276,7 +281,8 @@ def test_timm_swin_converts_with_shifted_windows_and_matches_timm(timm_swin):
     assert model.config.shift_windows and model.config.window_size == [8, 8, 8, 8]
     assert not model.config.use_absolute_embeddings
     assert report.dropped == {"ImageNet classifier": ["head.fc.weight", "head.fc.bias"]}
-    assert report.initialised == {"hidden_states_norms.stage3": "identity LayerNorm: weight 1, bias 0"}
+    assert report.initialised == {"identity LayerNorm: weight 1, bias 0": ["hidden_states_norms.stage3.weight",
+                                                                           "hidden_states_norms.stage3.bias"]}
 
     # timm shifts before padding, transformers and mmdet pad before shifting: compare on sizes that need no padding.
     torch.manual_seed(1)
@@ -315,8 +321,6 @@ def test_mmdet_encoder_without_position_embedding_is_the_shifted_window_baseline
 
 
 def test_released_widths_with_other_depths_are_refused_unless_custom():
-    from geomim_hf.models.geomim.conversion_geomim import released_swin_size
-
     assert released_swin_size(GeoMIMConfig()) == "base"
     assert released_swin_size(GeoMIMConfig(embed_dim=96, num_heads=[3, 6, 12, 24], depths=[2, 2, 6, 2])) == "tiny"
     damaged = GeoMIMConfig(depths=[2, 2, 17, 2])  # Swin-B's widths, one block short

@@ -1,5 +1,6 @@
 """MixMIM (and ImageNet Swin) -> the GeoMIM pretraining encoder: the BEiT-style table resize against values computed
-by hand, the encoder against a plain MixMIM forward written here, the decoder hand-over and the script."""
+by hand, the encoder against a plain MixMIM forward written here, the decoder hand-over, the script, and the decoder
+of GeoMIMForPretraining started from MixMIM's."""
 
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ from safetensors import safe_open
 from torch import nn
 
 from geomim_hf import GeoMIMModel
-from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError
+from geomim_hf.checkpoint_conversion import CheckpointConversionError
 from geomim_hf.models.geomim.conversion_mixmim import (
+    MIXMIM_DECODER_FILE,
+    MIXMIM_DECODER_RULES,
+    MIXMIM_DECODER_TARGETS,
     convert_mixmim_checkpoint,
     geometric_source_positions,
+    load_mixmim_decoder,
     resize_relative_position_bias_table,
 )
+from test_modeling_geomim_pretraining import mixmim_decoder, tiny_model
 
 SCRIPT = Path(__file__).resolve().parent.parent / "conversion" / "convert_mixmim_to_geomim.py"
 
@@ -168,11 +174,16 @@ def test_encoder_with_the_source_windows_matches_a_mixmim_forward(mixmim):
     model, decoder, report = convert_mixmim_checkpoint(mixmim_checkpoint(mixmim), window_size=None)
     assert model.config.window_size == [4, 4, 4, 2] and not model.config.shift_windows
     assert model.embeddings.position_embeddings.shape == (1, 8, 16, 16)
-    assert report.dropped == {"final norm (GeoMIM builds fresh output norms)": ["norm.weight", "norm.bias"],
+    decoder_reason = f"MixMIM decoder, kept under its MixMIM names for {MIXMIM_DECODER_FILE}"
+    assert report.dropped == {decoder_reason: list(decoder),
+                              "final norm (GeoMIM builds fresh output norms)": ["norm.weight", "norm.bias"],
                               "derived buffer, rebuilt from the window size":
                                   [f"layers.{i}.blocks.{j}.attn.relative_position_index" for i in range(4)
                                    for j in range(2)]}
-    assert set(decoder) == set(report.decoder) and decoder["mask_token"].shape == (1, 1, 16)
+    assert set(decoder) == {key for key in mixmim_checkpoint(mixmim)["model"] if key.startswith(("mask", "decoder"))}
+    assert decoder["mask_token"].shape == (1, 1, 16)
+    assert report.initialised == {"identity LayerNorm, as GeoMIM builds it": [
+        f"hidden_states_norms.stage{stage}.{param}" for stage in (3, 4) for param in ("weight", "bias")]}
 
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -189,7 +200,10 @@ def test_encoder_with_the_source_windows_matches_a_mixmim_forward(mixmim):
 def test_geomim_windows_get_resized_tables(mixmim):
     model, _, report = convert_mixmim_checkpoint(mixmim_checkpoint(mixmim), window_size=(8, 8, 4, 2))
     assert model.config.window_size == [8, 8, 4, 2]
-    assert sorted(set(report.resized.values())) == ["stage 1: window 4 -> 8", "stage 2: window 4 -> 8"]
+    resized = {how: keys for how, keys in report.transformed.items() if how.startswith("resized BEiT-style")}
+    assert resized == {f"resized BEiT-style, stage {stage + 1}: window 4 -> 8": [
+        f"encoder.layers.{stage}.blocks.{block}.attention.relative_position_bias.relative_position_bias_table"
+        for block in range(2)] for stage in (0, 1)}
     source = mixmim.layers[1].blocks[1].attn.relative_position_bias_table
     converted = model.encoder.layers[1].blocks[1].attention.relative_position_bias.relative_position_bias_table
     torch.testing.assert_close(converted, resize_relative_position_bias_table(source.detach(), 8))
@@ -207,11 +221,12 @@ def test_script_writes_the_encoder_and_the_decoder_under_mixmim_names(mixmim, tm
     expected, _, _ = convert_mixmim_checkpoint(checkpoint, window_size=(8, 8, 4, 2))
     assert model.state_dict().keys() == expected.state_dict().keys()
     assert all(torch.equal(model.state_dict()[key], expected.state_dict()[key]) for key in model.state_dict())
-    with safe_open(str(output / "decoder_init.safetensors"), framework="pt") as handle:
+    with safe_open(str(output / MIXMIM_DECODER_FILE), framework="pt") as handle:
         assert set(handle.keys()) == {key for key in checkpoint["model"] if key.startswith(("mask_token", "decoder"))}
         assert all(torch.equal(handle.get_tensor(key), checkpoint["model"][key]) for key in handle.keys())
     card = (output / "README.md").read_text()
-    assert "starting point for GeoMIM pretraining" in card and "stage 1: window 4 -> 8" in card
+    assert "starting point for GeoMIM pretraining" in card and "stage 1: window 4 -> 8" in card and "{{" not in card
+    assert f"`{MIXMIM_DECODER_FILE}` holds MixMIM's decoder tensors" in card and "SHA-256" in card
 
 
 def test_imagenet_swin_gets_the_geomim_architecture(tmp_path):
@@ -226,7 +241,8 @@ def test_imagenet_swin_gets_the_geomim_architecture(tmp_path):
     model = GeoMIMModel.from_pretrained(tmp_path / "init")
     assert model.config.window_size == [16, 16, 16, 8] and not model.config.shift_windows
     assert not model.embeddings.position_embeddings.any() and model.embeddings.position_embeddings.shape[-1] == 56
-    assert not (tmp_path / "init" / "decoder_init.safetensors").exists()
+    assert not (tmp_path / "init" / MIXMIM_DECODER_FILE).exists()
+    assert "An ImageNet Swin has no pretraining decoder" in (tmp_path / "init" / "README.md").read_text()
 
 
 def test_mmdet_layout_unknown_keys_and_tiny_windows_are_refused(mixmim):
@@ -238,3 +254,36 @@ def test_mmdet_layout_unknown_keys_and_tiny_windows_are_refused(mixmim):
         convert_mixmim_checkpoint(checkpoint)
     with pytest.raises(CheckpointConversionError, match="window-2 table has too few offsets"):
         convert_mixmim_checkpoint(mixmim_checkpoint(mixmim), window_size=(4, 4, 4, 4))
+
+
+def test_the_decoder_starts_from_mixmim_names_and_layout():
+    source = tiny_model(seed=1)
+    with torch.no_grad():
+        source.decoder_pos_embed.normal_()
+    decoder = mixmim_decoder(source)
+    model = tiny_model(seed=2)
+    untouched = {key: value.clone() for key, value in model.state_dict().items()
+                 if not key.startswith(MIXMIM_DECODER_TARGETS)}
+    report = load_mixmim_decoder(model, decoder)
+    loaded = [target for targets in report.converted.values() for target in targets]
+    assert "decoder_pos_embed" in loaded and len(loaded) == len(decoder) - 2
+    assert report.dropped.keys() == {MIXMIM_DECODER_RULES[-1].drop}
+    assert sorted(next(iter(report.dropped.values()))) == ["decoder_embed.weight", "decoder_pred.bias"]
+    assert sorted(loaded) == sorted(key for key in model.state_dict() if key.startswith(MIXMIM_DECODER_TARGETS))
+    for key in loaded:  # the (1, 49, C) rows, row-major, are the (1, C, 7, 7) grid again
+        assert torch.equal(model.state_dict()[key], source.state_dict()[key]), key
+    for key, value in untouched.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert not torch.equal(model.decoder_embed_new.weight, source.decoder_embed_new.weight)
+
+    with pytest.raises(CheckpointConversionError, match="Unknown key 'decoder_head.weight' in the MixMIM decoder"):
+        load_mixmim_decoder(model, {**decoder, "decoder_head.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointConversionError, match=r"missing keys \['mask_token'\]"):
+        load_mixmim_decoder(model, {k: v for k, v in decoder.items() if k != "mask_token"})
+    with pytest.raises(CheckpointConversionError, match=r"decoder_pos_embed: checkpoint \(1, 32, 6, 6\), model "
+                                                        r"\(1, 32, 7, 7\)"):
+        load_mixmim_decoder(model, {**decoder, "decoder_pos_embed": torch.zeros(1, 36, 32)})
+    with pytest.raises(CheckpointConversionError, match="a \\(1, L, C\\) position table has 48 tokens, not a square"):
+        load_mixmim_decoder(model, {**decoder, "decoder_pos_embed": torch.zeros(1, 48, 32)})
+    with pytest.raises(CheckpointConversionError, match=r"decoder_norm.weight: checkpoint \(16,\), model \(32,\)"):
+        load_mixmim_decoder(model, {**decoder, "decoder_norm.weight": torch.zeros(16)})

@@ -14,8 +14,10 @@ from test_lidar_teacher import TINY_CHANNELS, TINY_GRID, random_points
 from transformers import AutoModel
 
 from geomim_hf import GeoMIMLidarTeacher
-from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError
+from geomim_hf.checkpoint_conversion import CheckpointConversionError
 from geomim_hf.models.lidar_teacher.conversion_lidar_teacher import (
+    SPCONV1_TO_SPCONV2,
+    STEP_COUNTERS,
     convert_lidar_teacher_checkpoint,
     convert_lidar_teacher_state_dict,
 )
@@ -55,8 +57,12 @@ def test_both_kernel_layouts_convert_to_the_same_teacher(spconv1_encoder, points
     teacher1, report1 = convert_lidar_teacher_checkpoint(detector_checkpoint(spconv1_encoder), **TINY_GRID)
     teacher2, report2 = convert_lidar_teacher_checkpoint(detector_checkpoint(to_spconv2(spconv1_encoder)),
                                                          **TINY_GRID)
-    assert (report1.kernel_layout, report2.kernel_layout) == ("spconv1", "spconv2")
-    assert report1.dropped == sorted(NOT_THE_TEACHER) and len(report1.converted) == len(spconv1_encoder)
+    assert (report1.source_layout, report2.source_layout) == ("spconv1", "spconv2")
+    assert report1.dropped.keys() == {"outside encoders.lidar.backbone"} and report1.prefix == PREFIX
+    assert sorted(report1.dropped["outside encoders.lidar.backbone"]) == sorted(NOT_THE_TEACHER)
+    assert len(report1.converted) == len(spconv1_encoder)
+    kernels = sorted(key for key in teacher1.state_dict() if key.endswith("convolution.weight"))
+    assert sorted(report1.transformed[SPCONV1_TO_SPCONV2]) == kernels and not report2.transformed
     state1, state2 = teacher1.state_dict(), teacher2.state_dict()
     assert all(torch.equal(state1[key], state2[key]) for key in state1)
     assert teacher1.config.encoder_channels == TINY_CHANNELS["encoder_channels"]
@@ -72,8 +78,10 @@ def test_both_kernel_layouts_convert_to_the_same_teacher(spconv1_encoder, points
 def test_a_bare_encoder_state_dict_and_missing_step_counters_are_accepted(spconv1_encoder):
     bare = {key: value for key, value in spconv1_encoder.items() if not key.endswith("num_batches_tracked")}
     teacher, report = convert_lidar_teacher_checkpoint(bare, **TINY_GRID)
-    assert report.prefix == "" and len(report.initialised) == 2 + 3 + 8 * 2  # in, out, 3 downsamples, 8 blocks
-    assert all(key.endswith("num_batches_tracked") for key in report.initialised)
+    assert report.prefix == "" and report.initialised.keys() == {STEP_COUNTERS}
+    assert len(report.initialised[STEP_COUNTERS]) == 2 + 3 + 8 * 2  # in, out, 3 downsamples, 8 blocks
+    assert all(key.endswith("num_batches_tracked") for key in report.initialised[STEP_COUNTERS])
+    assert not any(teacher.state_dict()[key] for key in report.initialised[STEP_COUNTERS])
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -109,8 +117,12 @@ def test_script_writes_a_teacher_folder_with_the_report(spconv1_encoder, points,
     assert isinstance(teacher, GeoMIMLidarTeacher) and teacher.config.point_cloud_range == TINY_GRID[
         "point_cloud_range"]
     card = (output / "README.md").read_text()
-    assert "kernels in spconv1 layout (permuted to spconv 2.x)" in card and "decoder.backbone (1)" in card
-    assert "SHA-256" in card and "<!-- conversion-record -->" not in card
+    assert "Source: spconv1 layout, prefix encoders.lidar.backbone." in card
+    kernels = sum(tensor.ndim == 5 for tensor in spconv1_encoder.values())
+    assert f"Transformed, {SPCONV1_TO_SPCONV2}: {kernels} [conv_input.convolution (1)" in card
+    assert "Dropped, outside encoders.lidar.backbone: 4 [decoder.backbone (1), decoder.neck (1), encoders.camera " \
+           "(1), heads.object (1)]" in card
+    assert "SHA-256" in card and "{{" not in card
     expected, _ = convert_lidar_teacher_checkpoint(detector_checkpoint(spconv1_encoder), **TINY_GRID)
     with torch.no_grad():
         assert torch.equal(teacher(points).bev_features, expected(points).bev_features)
@@ -141,4 +153,5 @@ def test_script_writes_a_seeded_random_teacher(tmp_path):
     first, second = (AutoModel.from_pretrained(tmp_path / name) for name in ("a", "b"))
     assert first.config.initializer_seed == 7 and first.config.bev_shape == (128, 45, 45)
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
-    assert "**random** weights" in (tmp_path / "a" / "README.md").read_text()
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "**random** weights" in card and "torch.manual_seed(7)" in card and "| BEV map | (128, 45, 45)" in card

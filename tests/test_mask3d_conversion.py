@@ -12,7 +12,7 @@ from timm.models.vision_transformer import VisionTransformer
 from transformers import ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel, ViTModel
 
 from geomim_hf import Mask3DForDepthPretraining, Mask3DModel
-from geomim_hf.models.geomim.conversion_geomim import CheckpointConversionError
+from geomim_hf.checkpoint_conversion import CheckpointConversionError
 from geomim_hf.models.mask3d.conversion_mask3d import build_encoder, convert_timm_state_dict
 
 SCRIPT = Path(__file__).resolve().parent.parent / "conversion" / "convert_vit_to_mask3d.py"
@@ -42,14 +42,12 @@ def timm_vit() -> VisionTransformer:
     return perturb_(VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=7))
 
 
-def test_timm_vit_converts_exactly(timm_vit, tmp_path, monkeypatch):
+def test_timm_vit_converts_exactly(timm_vit, tmp_path, hub_uploads):
     torch.save(timm_vit.state_dict(), tmp_path / "vit.pth")
-    script = load_script()
-    uploads = []
-    monkeypatch.setattr(script, "upload_folder_to_hub", lambda repo_id, folder, message: uploads.append(repo_id))
-    script.main(["--source", str(tmp_path / "vit.pth"), "--output_dir", str(tmp_path / "out"),
-                 "--num_attention_heads", "2", "--push_to_hub", "someone/vit-mask3d"])
-    assert uploads == ["someone/vit-mask3d"]
+    load_script().main(["--source", str(tmp_path / "vit.pth"), "--output_dir", str(tmp_path / "out"),
+                        "--num_attention_heads", "2", "--push_to_hub", "someone/vit-mask3d"])
+    assert [upload.get("upload_folder") for upload in hub_uploads] == [None, "someone/vit-mask3d"]
+    assert hub_uploads[1]["files"] == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     encoder = Mask3DModel.from_pretrained(tmp_path / "out").eval()
     pixel_values = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -57,7 +55,8 @@ def test_timm_vit_converts_exactly(timm_vit, tmp_path, monkeypatch):
         torch.testing.assert_close(encoder(pixel_values).last_hidden_state, expected, rtol=0, atol=1e-5)
     assert encoder.config.layer_norm_eps == 1e-6 and encoder.config.image_size == [32, 32]
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "Dropped, classifier head: 2 [head.weight, head.bias]" in card and "not Mask3D-pretrained" in card
+    assert "Dropped, classifier head: 2 [head (2)]" in card and "not Mask3D-pretrained" in card
+    assert "Transformed, split_fused_qkv: 12 [layers (12)]" in card and "vit.pth` (SHA-256" in card  # 2 x (w, b) x 3
     processor = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
     assert processor["size"] == {"height": 32, "width": 32} and processor["image_processor_type"] == "ViTImageProcessor"
 
@@ -70,7 +69,7 @@ def test_original_mae_checkpoint_drops_the_decoder_and_reports_it(timm_vit, caps
                         "--num_attention_heads", "2", "--image_size", "24", "40"])
     report = capsys.readouterr().out
     assert "Dropped, MAE decoder (pretraining only): 6" in report
-    assert "position table resized bicubically from the 4x4 grid to 3x5" in report
+    assert "Transformed, resized bicubically from the 4x4 patch grid to 3x5" in report
     encoder = Mask3DModel.from_pretrained(tmp_path / "out")
     assert encoder.config.image_size == [24, 40]
     pretraining, info = Mask3DForDepthPretraining.from_pretrained(tmp_path / "out", output_loading_info=True)

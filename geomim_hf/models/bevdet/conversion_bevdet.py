@@ -1,28 +1,30 @@
 """Conversion of released BEVDet / BEVDet4D detector checkpoints (GeoMIM's `bevdet/`, BEVDet dev2.x, mmdet3d key
 layout) to [`GeoMIMForBEVDetection`]: the one place that knows the detector's foreign key names.
 
-The encoder (`img_backbone.`) goes through the Swin converter of `..geomim.conversion_geomim`; the rest through
-`KEY_RULES` below. Shapes give the widths, the temporal setting and the task layout; what shapes cannot tell (BEV
-grid, depth bins, image size, index truncation) comes from a BEV preset (its `GEOMETRY_FIELDS`), the decoding from
-the task layout. Loading is strict: an unknown, missing or mis-shaped key is an error that names it.
+The encoder (`img_backbone.`) goes through the Swin converter of `..geomim.conversion_geomim`, whose report becomes a
+part of the detector's; the rest through `KEY_RULES` below. Shapes give the widths, the temporal setting and the task
+layout; what shapes cannot tell (BEV grid, depth bins, image size, index truncation) comes from a BEV preset (its
+`GEOMETRY_FIELDS`), the decoding from the task layout. Loading is strict: an unknown, missing or mis-shaped key is an
+error that names it.
 """
 
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 import torch
 
-from ...data.nuscenes_constants import DETECTION_CLASSES
-from ..geomim.conversion_geomim import (
+from ...checkpoint_conversion import (
     CheckpointConversionError,
     ConversionReport,
-    check_against_model,
-    convert_state_dict,
+    KeyRule,
+    apply_key_rules,
+    load_converted,
     unwrap_state_dict,
 )
+from ...data.nuscenes_constants import DETECTION_CLASSES
 from ..bev.configuration_bev import BEV_PRESETS, GEOMETRY_FIELDS, GeoMIMBEVConfig
+from ..geomim.conversion_geomim import convert_state_dict
 from .configuration_bevdet import SIX_TASKS, GeoMIMBEVDetectionConfig
 from .modeling_bevdet import GeoMIMForBEVDetection
 
@@ -33,46 +35,47 @@ _BN = r"(?P<param>weight|bias|running_mean|running_var|num_batches_tracked)"
 _CONV = r"(?P<param>weight|bias)"
 
 
-def _block(source: str, target: str) -> tuple[tuple[str, str], ...]:
+def _block(source: str, target: str) -> tuple[KeyRule, ...]:
     """Rules of mmdet's `BasicBlock` (conv1/bn1/conv2/bn2/downsample) under `source` -> ours under `target`."""
     return (
-        (source + r"\.conv(?P<n>[12])\.weight", target + ".conv{n}.weight"),
-        (source + r"\.bn(?P<n>[12])\." + _BN, target + ".norm{n}.{param}"),
-        (source + r"\.downsample\." + _CONV, target + ".shortcut.{param}"),
+        KeyRule(source + r"\.conv(?P<n>[12])\.weight", (target + ".conv{n}.weight",)),
+        KeyRule(source + r"\.bn(?P<n>[12])\." + _BN, (target + ".norm{n}.{param}",)),
+        KeyRule(source + r"\.downsample\." + _CONV, (target + ".shortcut.{param}",)),
     )
 
 
-def _fpn(source: str, target: str) -> tuple[tuple[str, str], ...]:
+def _fpn(source: str, target: str) -> tuple[KeyRule, ...]:
     """Rules of BEVDet's `FPN_LSS` (`conv` and `up2` Sequentials) -> ours."""
     return (
-        (source + r"\.conv\.0\.weight", target + ".fuse1.conv.weight"),
-        (source + r"\.conv\.1\." + _BN, target + ".fuse1.norm.{param}"),
-        (source + r"\.conv\.3\.weight", target + ".fuse2.conv.weight"),
-        (source + r"\.conv\.4\." + _BN, target + ".fuse2.norm.{param}"),
-        (source + r"\.up2\.1\.weight", target + ".up_fuse.conv.weight"),
-        (source + r"\.up2\.2\." + _BN, target + ".up_fuse.norm.{param}"),
-        (source + r"\.up2\.4\." + _CONV, target + ".up_projection.{param}"),
+        KeyRule(source + r"\.conv\.0\.weight", (target + ".fuse1.conv.weight",)),
+        KeyRule(source + r"\.conv\.1\." + _BN, (target + ".fuse1.norm.{param}",)),
+        KeyRule(source + r"\.conv\.3\.weight", (target + ".fuse2.conv.weight",)),
+        KeyRule(source + r"\.conv\.4\." + _BN, (target + ".fuse2.norm.{param}",)),
+        KeyRule(source + r"\.up2\.1\.weight", (target + ".up_fuse.conv.weight",)),
+        KeyRule(source + r"\.up2\.2\." + _BN, (target + ".up_fuse.norm.{param}",)),
+        KeyRule(source + r"\.up2\.4\." + _CONV, (target + ".up_projection.{param}",)),
     )
 
 
 _TASK_HEAD = r"pts_bbox_head\.task_heads\.(?P<task>\d+)\.(?P<name>reg|height|dim|rot|vel|heatmap)"
 
-# Source key (full match) -> GeoMIMForBEVDetection key, formatted with the named groups of the match.
-KEY_RULES: tuple[tuple[str, str], ...] = (
+# Source key (full match) -> GeoMIMForBEVDetection key, formatted with the named groups of the match (keys outside the
+# encoder `img_backbone.`, which the Swin converter maps).
+KEY_RULES = (
+    # The frustum that the original derives from its configuration and that the model rebuilds.
+    KeyRule(r"img_view_transformer\.frustum", drop="derived from the configuration"),
     *_fpn(r"img_neck", "bev_model.image_neck"),
-    (r"img_view_transformer\.depth_net\." + _CONV, "bev_model.view_transform.depth_net.{param}"),
+    KeyRule(r"img_view_transformer\.depth_net\." + _CONV, ("bev_model.view_transform.depth_net.{param}",)),
     *_block(r"pre_process_net\.layers\.0\.(?P<block>\d+)", "bev_model.pre_process.stages.0.{block}"),
     *_block(r"img_bev_encoder_backbone\.layers\.(?P<stage>\d+)\.(?P<block>\d+)",
             "bev_model.bev_encoder.backbone.stages.{stage}.{block}"),
     *_fpn(r"img_bev_encoder_neck", "bev_model.bev_encoder.neck"),
-    (r"pts_bbox_head\.shared_conv\.conv\.weight", "head.shared_conv.conv.weight"),
-    (r"pts_bbox_head\.shared_conv\.bn\." + _BN, "head.shared_conv.norm.{param}"),
-    (_TASK_HEAD + r"\.0\.conv\.weight", "head.task_heads.{task}.outputs.{name}.0.conv.weight"),
-    (_TASK_HEAD + r"\.0\.bn\." + _BN, "head.task_heads.{task}.outputs.{name}.0.norm.{param}"),
-    (_TASK_HEAD + r"\.1\." + _CONV, "head.task_heads.{task}.outputs.{name}.1.{param}"),
+    KeyRule(r"pts_bbox_head\.shared_conv\.conv\.weight", ("head.shared_conv.conv.weight",)),
+    KeyRule(r"pts_bbox_head\.shared_conv\.bn\." + _BN, ("head.shared_conv.norm.{param}",)),
+    KeyRule(_TASK_HEAD + r"\.0\.conv\.weight", ("head.task_heads.{task}.outputs.{name}.0.conv.weight",)),
+    KeyRule(_TASK_HEAD + r"\.0\.bn\." + _BN, ("head.task_heads.{task}.outputs.{name}.0.norm.{param}",)),
+    KeyRule(_TASK_HEAD + r"\.1\." + _CONV, ("head.task_heads.{task}.outputs.{name}.1.{param}",)),
 )
-# Tensors that the original derives from its configuration and that the model rebuilds.
-DERIVED = (r"img_view_transformer\.frustum",)
 
 # CenterPoint's 6-task test settings (BEVDet's stereo configs): circle NMS for barriers, per-class Scale-NMS.
 SIX_TASK_DECODING = {
@@ -81,47 +84,6 @@ SIX_TASK_DECODING = {
     "nms_post_max_size": 83,
     "nms_rescale_factors": [0.7, 0.4, 0.6, 0.3, 0.4, 0.9, 1.0, 1.0, 1.5, 2.5],
 }
-
-
-@dataclass
-class DetectorConversionReport:
-    """What a detector conversion did with every key of the source checkpoint."""
-
-    encoder: ConversionReport | None = None
-    converted: dict[str, str] = field(default_factory=dict)
-    dropped: dict[str, list[str]] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-
-    def format(self) -> str:
-        lines = ["Encoder (img_backbone.):", *("  " + line for line in self.encoder.format().splitlines())]
-        modules = Counter(key.split(".")[0] for key in self.converted)
-        lines.append(f"Detector: {len(self.converted)} tensors converted ["
-                     + ", ".join(f"{name} ({count})" for name, count in sorted(modules.items())) + "]")
-        for reason, keys in self.dropped.items():
-            lines.append(f"Dropped, {reason}: {len(keys)} {keys}")
-        lines.append(f"Missing: {len(self.missing)}" + (f" {self.missing}" if self.missing else ""))
-        lines.append(f"Unexpected: {len(self.unexpected)}" + (f" {self.unexpected}" if self.unexpected else ""))
-        return "\n".join(lines)
-
-
-def map_detector_keys(state_dict: Mapping[str, torch.Tensor], report: DetectorConversionReport) -> dict:
-    """Applies `KEY_RULES` to every non-encoder key; an unknown key raises, naming it."""
-    rules = [(re.compile(pattern), target) for pattern, target in KEY_RULES]
-    converted = {}
-    for key, tensor in state_dict.items():
-        if any(re.fullmatch(pattern, key) for pattern in DERIVED):
-            report.dropped.setdefault("derived from the configuration", []).append(key)
-            continue
-        for pattern, target in rules:
-            if match := pattern.fullmatch(key):
-                converted[target.format(**match.groupdict())] = tensor.contiguous()
-                report.converted[key] = target.format(**match.groupdict())
-                break
-        else:
-            raise CheckpointConversionError(f"Unknown key {key!r} in the detector checkpoint: it is neither a BEVDet "
-                                            f"detector weight nor on a drop list")
-    return converted
 
 
 def _shape(state_dict: Mapping[str, torch.Tensor], key: str) -> tuple[int, ...]:
@@ -200,7 +162,7 @@ def preset_geometry(preset: str | Mapping[str, object]) -> dict[str, object]:
 def convert_detector_state_dict(
     checkpoint: Mapping[str, object], preset: str | Mapping[str, object] = "bevdet4d-swinb-256x704",
     check_encoder: Callable | None = None,
-) -> tuple[GeoMIMBEVDetectionConfig, dict[str, torch.Tensor], DetectorConversionReport]:
+) -> tuple[GeoMIMBEVDetectionConfig, dict[str, torch.Tensor], ConversionReport]:
     """Converts a released BEVDet / BEVDet4D checkpoint (any container: `state_dict`, EMA files, raw) to the keys and
     config of [`GeoMIMForBEVDetection`]. `preset` names a BEV preset (`BEV_PRESETS`), whose geometry the weights
     cannot tell, or gives that geometry (`GEOMETRY_FIELDS`) directly.
@@ -216,13 +178,15 @@ def convert_detector_state_dict(
         found = sorted({key.split(".")[0] for key in state_dict})
         raise CheckpointConversionError(f"Not a BEVDet detector checkpoint: it needs {ENCODER_PREFIX}* and "
                                         f"{HEAD_PREFIX}* keys, found the top-level names {found}")
-    report = DetectorConversionReport()
+    report = ConversionReport(target=GeoMIMForBEVDetection.__name__, source_layout="BEVDet (mmdet3d)")
     encoder_part = {key: value for key, value in state_dict.items() if key.startswith(ENCODER_PREFIX)}
-    encoder_config, encoder_state, report.encoder = convert_state_dict(encoder_part)
+    encoder_config, encoder_state, encoder_report = convert_state_dict(encoder_part)
+    report.parts[f"encoder ({ENCODER_PREFIX} -> bev_model.encoder.geomim.)"] = encoder_report
     if check_encoder is not None:
         check_encoder(encoder_config)
-    detector_state = map_detector_keys(
-        {key: value for key, value in state_dict.items() if not key.startswith(ENCODER_PREFIX)}, report)
+    detector_state = apply_key_rules(
+        {key: value for key, value in state_dict.items() if not key.startswith(ENCODER_PREFIX)}, KEY_RULES, report,
+        source="the detector checkpoint")
     converted = {f"bev_model.encoder.geomim.{key}": value for key, value in encoder_state.items()} | detector_state
     config = infer_detector_config(converted, encoder_config, geometry)
     return config, converted, report
@@ -231,14 +195,11 @@ def convert_detector_state_dict(
 def convert_detector_checkpoint(
     checkpoint: Mapping[str, object], preset: str | Mapping[str, object] = "bevdet4d-swinb-256x704",
     check_encoder: Callable | None = None,
-) -> tuple[GeoMIMForBEVDetection, DetectorConversionReport]:
+) -> tuple[GeoMIMForBEVDetection, ConversionReport]:
     """Converts a detector checkpoint (see [`convert_detector_state_dict`]) and loads it strictly."""
     config, state_dict, report = convert_detector_state_dict(checkpoint, preset, check_encoder)
-    model = GeoMIMForBEVDetection(config)
-    check_against_model(state_dict, model, report)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval(), report
+    return load_converted(GeoMIMForBEVDetection(config), state_dict, report), report
 
 
-__all__ = ["DetectorConversionReport", "convert_detector_checkpoint", "convert_detector_state_dict",
-           "infer_detector_config", "preset_geometry"]
+__all__ = ["KEY_RULES", "convert_detector_checkpoint", "convert_detector_state_dict", "infer_detector_config",
+           "preset_geometry"]

@@ -11,20 +11,25 @@ Two source layouts are understood:
 Containers and prefixes are accepted as the original GeoMIM loader accepts them (`state_dict`, then `model`, then the
 raw dict; a leading `module.`). Everything that is not the encoder is dropped by an explicit list and reported; any
 other key is an error. The architecture is read from the tensor shapes. See `geomim.md` section 8 of the project
-notes for the layouts.
+notes for the layouts; the rule type, the report and the strict load are `geomim_hf.checkpoint_conversion`'s.
 """
 
 import math
-import pickle
 import re
-from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
 
 import torch
-from safetensors.torch import load_file
 
+from ...checkpoint_conversion import (
+    CheckpointConversionError,
+    ConversionReport,
+    KeyRule,
+    apply_key_rules,
+    load_converted,
+    select_prefix,
+    split_fused_qkv,
+    unwrap_state_dict,
+)
 from .configuration_geomim import GeoMIMConfig
 from .modeling_geomim import GeoMIMModel
 
@@ -32,34 +37,10 @@ from .modeling_geomim import GeoMIMModel
 # Prefixes under which the encoder sits, tried in this order: GeoMIM / BEVFusion pretraining, BEVDet detectors, mmdet.
 BACKBONE_PREFIXES = ("encoders.camera.backbone.", "img_backbone.", "backbone.")
 
-# GeoMIM pretraining modules that live next to the encoder under `encoders.camera.backbone.` (geomim.md 8.3): the
-# mask token, the top-down neck, both decoders, the cross-view attention and the camera-aware depth branch.
-GEOMIM_PRETRAINING_ONLY = (
-    "mask_token",
-    "decoder_pos_embed",
-    "decoder_embed_new.",
-    "up_p4_fc.",
-    "up_smooth_p4.",
-    "final_norm.",
-    "decoder_blocks.",
-    "decoder_norm.",
-    "decoder_blocks_pix.",
-    "decoder_norm_pix.",
-    "cam_pose.",
-    "decoder_cross_module.",
-)
-# Buffers that the model rebuilds from the window size.
-DERIVED_BUFFERS = ("relative_position_index", "attn_mask")
-# The ImageNet classifier of Swin checkpoints (`head.*` official, `head.fc.*` timm).
-CLASSIFIER_HEAD = ("head.",)
 
 # nn.Unfold enumerates the 2 x 2 kernel row-major, (0,0), (0,1), (1,0), (1,1); Swin concatenates the groups
 # (0,0), (1,0), (0,1), (1,1). Group j sits in Unfold slot UNFOLD_SLOT_OF_GROUP[j] (the permutation is its own inverse).
 UNFOLD_SLOT_OF_GROUP = (0, 2, 1, 3)
-
-
-class CheckpointConversionError(ValueError):
-    """A checkpoint that cannot be converted exactly: unknown or missing keys, wrong shapes, unknown layout."""
 
 
 def unfold_to_grouped_channels(tensor: torch.Tensor) -> torch.Tensor:
@@ -85,44 +66,20 @@ def grouped_to_unfold_channels(tensor: torch.Tensor) -> torch.Tensor:
     return slots.reshape(*leading, merged_channels)
 
 
-def _unchanged(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return (tensor,)
-
-
-def _split_qkv(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Rows [0:C], [C:2C], [2C:3C] of a fused qkv weight or bias are the query, key and value."""
-    return tuple(tensor.chunk(3, dim=0))
-
-
-def _reorder_unfold(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return (unfold_to_grouped_channels(tensor),)
-
-
-def _token_grid_to_channel_first(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Swin stores an absolute position embedding as (1, L, C) tokens of a square grid; GeoMIM as (1, C, h, w)."""
+def token_grid_to_channel_first(tensor: torch.Tensor) -> torch.Tensor:
+    """A position table stored as (1, L, C) tokens of a square grid (Swin's absolute embedding, MixMIM's decoder
+    table), as GeoMIM stores it: (1, C, side, side). A table already channel-first is returned as it is."""
     if tensor.ndim == 4:
-        return (tensor,)
+        return tensor
     _, num_tokens, channels = tensor.shape
     side = math.isqrt(num_tokens)
     if side * side != num_tokens:
-        raise CheckpointConversionError(f"absolute_pos_embed has {num_tokens} tokens, not a square grid")
-    return (tensor.reshape(1, side, side, channels).permute(0, 3, 1, 2).contiguous(),)
-
-
-@dataclass(frozen=True)
-class KeyRule:
-    """Source keys fully matching `pattern` become `targets` (formatted with the named groups of the match), with the
-    tensors that `transform` returns, one per target."""
-
-    pattern: str
-    targets: tuple[str, ...]
-    transform: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] = _unchanged
+        raise CheckpointConversionError(f"a (1, L, C) position table has {num_tokens} tokens, not a square grid")
+    return tensor.reshape(1, side, side, channels).permute(0, 3, 1, 2)
 
 
 _PARAM = r"\.(?P<param>weight|bias)"
 _BLOCK = "encoder.layers.{stage}.blocks.{block}."
-
-
 _RELATIVE_POSITION_BIAS_TABLE = "attention.relative_position_bias.relative_position_bias_table"
 
 
@@ -133,7 +90,7 @@ def _block_rules(source_block: str, leaves: Mapping[str, str]) -> tuple[KeyRule,
         pattern = source_block + re.escape(source_leaf)
         if target_leaf == "qkv":
             targets = tuple(f"{_BLOCK}attention.{name}_proj.{{param}}" for name in ("q", "k", "v"))
-            rules.append(KeyRule(pattern + _PARAM, targets, _split_qkv))
+            rules.append(KeyRule(pattern + _PARAM, targets, split_fused_qkv))
         elif target_leaf == _RELATIVE_POSITION_BIAS_TABLE:
             rules.append(KeyRule(pattern, (_BLOCK + target_leaf,)))
         else:
@@ -141,9 +98,19 @@ def _block_rules(source_block: str, leaves: Mapping[str, str]) -> tuple[KeyRule,
     return tuple(rules)
 
 
-# The key table: source key (relative to the backbone) -> GeoMIMModel key, for each layout.
+# Buffers that the model rebuilds from the window size, dropped in both layouts.
+DERIVED_BUFFERS = KeyRule(r".+\.(?:relative_position_index|attn_mask)",
+                          drop="derived buffer, rebuilt from the window size")
+
+# The key table: source key (relative to the backbone) -> GeoMIMModel key, for each layout, drops first.
 KEY_RULES = {
     "mmdet": (
+        # GeoMIM pretraining modules that live next to the encoder under `encoders.camera.backbone.` (geomim.md 8.3):
+        # the mask token, the top-down neck, both decoders, the cross-view attention and the camera-aware depth branch.
+        KeyRule(r"mask_token|decoder_pos_embed", drop="GeoMIM pretraining only"),
+        KeyRule(r"(?:decoder_embed_new|up_p4_fc|up_smooth_p4|final_norm|decoder_blocks|decoder_norm|decoder_blocks_pix"
+                r"|decoder_norm_pix|cam_pose|decoder_cross_module)\..+", drop="GeoMIM pretraining only"),
+        DERIVED_BUFFERS,
         KeyRule(r"patch_embed\.projection" + _PARAM, ("embeddings.patch_embeddings.projection.{param}",)),
         KeyRule(r"patch_embed\.norm" + _PARAM, ("embeddings.norm.{param}",)),
         KeyRule(r"absolute_pos_embed", ("embeddings.position_embeddings",)),
@@ -162,14 +129,17 @@ KEY_RULES = {
         KeyRule(
             r"stages\.(?P<stage>\d+)\.downsample\.(?P<name>norm\.weight|norm\.bias|reduction\.weight)",
             ("encoder.layers.{stage}.downsample.{name}",),
-            _reorder_unfold,
+            unfold_to_grouped_channels,
         ),
         KeyRule(r"norm(?P<stage>\d+)" + _PARAM, ("hidden_states_norms.{output_stage}.{param}",)),
     ),
     "swin": (
+        # The ImageNet classifier of Swin checkpoints (`head.*` official, `head.fc.*` timm).
+        KeyRule(r"head\..+", drop="ImageNet classifier"),
+        DERIVED_BUFFERS,
         KeyRule(r"patch_embed\.proj" + _PARAM, ("embeddings.patch_embeddings.projection.{param}",)),
         KeyRule(r"patch_embed\.norm" + _PARAM, ("embeddings.norm.{param}",)),
-        KeyRule(r"absolute_pos_embed", ("embeddings.position_embeddings",), _token_grid_to_channel_first),
+        KeyRule(r"absolute_pos_embed", ("embeddings.position_embeddings",), token_grid_to_channel_first),
         *_block_rules(
             r"layers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.",
             {
@@ -190,97 +160,6 @@ KEY_RULES = {
         KeyRule(r"norm" + _PARAM, ("hidden_states_norms.{output_stage}.{param}",)),
     ),
 }
-
-# What each layout drops, by reason. Keys are matched by prefix, or by suffix for the derived buffers.
-DROPPED_PREFIXES = {
-    "mmdet": {"GeoMIM pretraining only": GEOMIM_PRETRAINING_ONLY},
-    "swin": {"ImageNet classifier": CLASSIFIER_HEAD},
-}
-
-
-@dataclass
-class ConversionReport:
-    """What a conversion did with every key of the source checkpoint."""
-
-    source_layout: str
-    backbone_prefix: str
-    converted: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    reordered: list[str] = field(default_factory=list)
-    dropped: dict[str, list[str]] = field(default_factory=dict)
-    initialised: dict[str, str] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-
-    def drop(self, reason: str, key: str) -> None:
-        self.dropped.setdefault(reason, []).append(key)
-
-    def format(self) -> str:
-        num_targets = sum(len(targets) for targets in self.converted.values())
-        prefix = self.backbone_prefix or "(none)"
-        lines = [
-            f"Source layout: {self.source_layout}; backbone prefix: {prefix}",
-            f"Converted: {len(self.converted)} source tensors -> {num_targets} GeoMIMModel tensors",
-            f"  patch-merging channels reordered from nn.Unfold order: {len(self.reordered)}",
-        ]
-        for reason, keys in self.dropped.items():
-            groups = Counter(key.split(".")[0] for key in keys)
-            summary = ", ".join(f"{name} ({count})" for name, count in sorted(groups.items()))
-            lines.append(f"Dropped, {reason}: {len(keys)} [{summary}]")
-        for key, how in self.initialised.items():
-            lines.append(f"Initialised without a source: {key} ({how})")
-        lines.append(f"Missing: {len(self.missing)}" + (f" {self.missing}" if self.missing else ""))
-        lines.append(f"Unexpected: {len(self.unexpected)}" + (f" {self.unexpected}" if self.unexpected else ""))
-        return "\n".join(lines)
-
-
-def load_checkpoint_file(path: str | Path) -> Mapping[str, object]:
-    """Reads a `.pth`/`.pt`/`.bin` file with `torch.load(weights_only=True)`, or a `.safetensors` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointConversionError(
-            f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle; re-save its tensors as a "
-            f"plain dict (or safetensors) from a trusted environment. torch said: {error}"
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:  # what torch raises for a truncated or corrupt archive
-        raise CheckpointConversionError(
-            f"{path} is not a readable checkpoint (truncated or corrupt?): {error}"
-        ) from error
-
-
-def unwrap_state_dict(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint: its `state_dict`, else its `model`, else the checkpoint itself, without the DDP
-    `module.` prefix."""
-    for container_key in ("state_dict", "model"):
-        if isinstance(checkpoint.get(container_key), Mapping):
-            checkpoint = checkpoint[container_key]
-            break
-    state_dict = {}
-    for key, value in checkpoint.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointConversionError(f"Checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
-        state_dict[key.removeprefix("module.")] = value
-    return state_dict
-
-
-def select_backbone(state_dict: Mapping[str, torch.Tensor], report: ConversionReport) -> dict[str, torch.Tensor]:
-    """The encoder's tensors with their prefix removed; everything outside the prefix is dropped into `report`."""
-    for prefix in BACKBONE_PREFIXES:
-        if any(key.startswith(prefix) for key in state_dict):
-            report.backbone_prefix = prefix
-            backbone = {}
-            for key, value in state_dict.items():
-                if key.startswith(prefix):
-                    backbone[key.removeprefix(prefix)] = value
-                else:
-                    report.drop(f"outside {prefix.rstrip('.')}", key)
-            return backbone
-    return dict(state_dict)
 
 
 def detect_layout(backbone: Mapping[str, torch.Tensor]) -> str:
@@ -306,15 +185,6 @@ def move_timm_downsample_to_stage_end(backbone: Mapping[str, torch.Tensor]) -> d
     return {re.sub(r"^layers\.(\d+)\.downsample\.", previous_stage, key): value for key, value in backbone.items()}
 
 
-def _dropped_reason(layout: str, key: str) -> str | None:
-    if key.endswith(DERIVED_BUFFERS):
-        return "derived buffer, rebuilt from the window size"
-    for reason, prefixes in DROPPED_PREFIXES[layout].items():
-        if key.startswith(prefixes):
-            return reason
-    return None
-
-
 def _num_stages(backbone: Mapping[str, torch.Tensor], layout: str) -> int:
     stage_key = re.compile(r"(?:stages|layers)\.(\d+)\.")
     stages = {int(match.group(1)) for key in backbone if (match := stage_key.match(key))}
@@ -323,37 +193,21 @@ def _num_stages(backbone: Mapping[str, torch.Tensor], layout: str) -> int:
     return max(stages) + 1
 
 
-def map_keys(backbone: Mapping[str, torch.Tensor], layout: str, report: ConversionReport) -> dict[str, torch.Tensor]:
-    """Applies the layout's `KEY_RULES` to every key that is not dropped; an unknown key raises."""
-    rules = [(re.compile(rule.pattern), rule) for rule in KEY_RULES[layout]]
+def map_keys(backbone: Mapping[str, torch.Tensor], layout: str, report: ConversionReport,
+             rules: tuple[KeyRule, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Applies the layout's `KEY_RULES` (or `rules`, a table built on them) to the encoder's keys; an unknown key
+    raises, naming it."""
     num_stages = _num_stages(backbone, layout)
-    converted = {}
-    for key, tensor in backbone.items():
-        reason = _dropped_reason(layout, key)
-        if reason is not None:
-            report.drop(reason, key)
-            continue
-        for pattern, rule in rules:
-            match = pattern.fullmatch(key)
-            if match is not None:
-                break
-        else:
-            raise CheckpointConversionError(
-                f"Unknown key {key!r} in the {layout} checkpoint (after removing the prefix "
-                f"{report.backbone_prefix or 'none'!r}): it is neither an encoder weight nor on a drop list"
-            )
-        fields = match.groupdict()
+
+    def fields(groups: dict[str, str]) -> dict[str, str]:
         # Output norms go by transformers' stage names, which count from 1 ("stem" is 0). Without a stage index, the
         # norm is Swin's final norm, after the last stage.
-        stage = int(fields["stage"]) if "stage" in fields else num_stages - 1
-        fields["output_stage"] = f"stage{stage + 1}"
-        targets = tuple(target.format(**fields) for target in rule.targets)
-        for target, value in zip(targets, rule.transform(tensor), strict=True):
-            converted[target] = value.contiguous()
-        report.converted[key] = targets
-        if rule.transform is _reorder_unfold:
-            report.reordered.append(key)
-    return converted
+        stage = int(groups["stage"]) if "stage" in groups else num_stages - 1
+        return {**groups, "output_stage": f"stage{stage + 1}"}
+
+    source = f"the {layout} checkpoint (after removing the prefix {report.prefix or 'none'!r})"
+    return apply_key_rules(backbone, KEY_RULES[layout] if rules is None else rules, report, source=source,
+                           fields=fields)
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor], shift_windows: bool) -> GeoMIMConfig:
@@ -424,7 +278,8 @@ def add_identity_output_norm(state_dict: dict[str, torch.Tensor], report: Conver
     stage = f"stage{last_stage_index - 1}"
     state_dict[f"hidden_states_norms.{stage}.weight"] = torch.ones(channels)
     state_dict[f"hidden_states_norms.{stage}.bias"] = torch.zeros(channels)
-    report.initialised[f"hidden_states_norms.{stage}"] = "identity LayerNorm: weight 1, bias 0"
+    report.add_initialised("identity LayerNorm: weight 1, bias 0", f"hidden_states_norms.{stage}.weight",
+                           f"hidden_states_norms.{stage}.bias")
 
 
 # The Swin sizes that released checkpoints come in: embed_dim -> (depths, heads) of each size of that width.
@@ -457,28 +312,6 @@ def released_swin_size(config: GeoMIMConfig, allow_custom: bool = False) -> str 
     return None
 
 
-def check_against_model(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module, report) -> None:
-    """Raises, naming the keys, unless `state_dict` has exactly the model's keys and shapes; records the missing and
-    unexpected keys in `report` (any report with those two lists)."""
-    expected = model.state_dict()
-    report.missing = sorted(set(expected) - set(state_dict))
-    report.unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(state_dict))
-        if state_dict[key].shape != expected[key].shape
-    ]
-    problems = []
-    if report.missing:
-        problems.append(f"missing keys {report.missing}")
-    if report.unexpected:
-        problems.append(f"unexpected keys {report.unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches {mismatched}")
-    if problems:
-        raise CheckpointConversionError(f"The converted weights do not fit {type(model).__name__}: " + "; ".join(problems))
-
-
 def convert_state_dict(
     checkpoint: Mapping[str, object], shift_windows: bool | None = None
 ) -> tuple[GeoMIMConfig, dict[str, torch.Tensor], ConversionReport]:
@@ -491,9 +324,8 @@ def convert_state_dict(
             position embedding (BEVDet's `SwinTransformerOri`, the ImageNet baseline of GeoMIM's detectors), while an
             mmdet-layout encoder with one is GeoMIM's `SwinTransformerBEVFT`, which never shifts.
     """
-    state_dict = unwrap_state_dict(checkpoint)
-    report = ConversionReport(source_layout="", backbone_prefix="")
-    backbone = select_backbone(state_dict, report)
+    report = ConversionReport(target=GeoMIMModel.__name__)
+    backbone = select_prefix(unwrap_state_dict(checkpoint), BACKBONE_PREFIXES, report)
     layout = detect_layout(backbone)
     report.source_layout = layout
     if layout == "swin":
@@ -511,21 +343,21 @@ def convert_checkpoint(
 ) -> tuple[GeoMIMModel, ConversionReport]:
     """Converts a checkpoint (see [`convert_state_dict`]) and loads it strictly into a new [`GeoMIMModel`]."""
     config, state_dict, report = convert_state_dict(checkpoint, shift_windows=shift_windows)
-    model = GeoMIMModel(config)
-    check_against_model(state_dict, model, report)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval(), report
+    return load_converted(GeoMIMModel(config), state_dict, report), report
 
 
 __all__ = [
-    "CheckpointConversionError",
-    "ConversionReport",
+    "BACKBONE_PREFIXES",
+    "KEY_RULES",
     "RELEASED_SWIN_SIZES",
-    "check_against_model",
     "convert_checkpoint",
     "convert_state_dict",
+    "detect_layout",
     "grouped_to_unfold_channels",
-    "load_checkpoint_file",
+    "infer_config",
+    "map_keys",
+    "move_timm_downsample_to_stage_end",
     "released_swin_size",
+    "token_grid_to_channel_first",
     "unfold_to_grouped_channels",
 ]

@@ -46,9 +46,6 @@ from .configuration_geomim_pretraining import GeoMIMPretrainingConfig
 from .modeling_geomim import GeoMIMLayer, GeoMIMModel, GeoMIMPreTrainedModel, expand_token_groups
 
 NUM_MASK_GROUPS = 2
-# MixMIM's decoder tensors that GeoMIM does not take: its 1024 -> 512 projection (GeoMIM's is `decoder_embed_new`,
-# from the stride-16 neck) and its pixel head (GeoMIM reconstructs BEV features, not pixels).
-MIXMIM_DECODER_UNUSED = ("decoder_embed.", "decoder_pred.")
 # Variance floor of the per-patch target standardisation (MAE's norm_pix_loss value, kept by GeoMIM).
 TARGET_NORM_EPS = 1e-6
 
@@ -574,39 +571,6 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
             mask=mask,
             depth_probabilities=depth_probabilities,
         )
-
-    def load_mixmim_decoder(self, decoder_state_dict: dict[str, torch.Tensor]) -> list[str]:
-        """Starts the decoder from MixMIM's, as GeoMIM does: `mask_token`, `decoder_pos_embed` (MixMIM's `(1, 49, C)`
-        sin-cos table, reshaped to `(1, C, 7, 7)`), `decoder_blocks.*` and `decoder_norm.*` (the same timm blocks), by
-        name. `decoder_embed.*` and `decoder_pred.*` are not used (see `MIXMIM_DECODER_UNUSED`).
-
-        Strict: a key of neither kind, a missing tensor or a shape that differs raises, naming it. Returns the keys
-        loaded. `conversion/convert_mixmim_to_geomim.py` writes these tensors to `decoder_init.safetensors`.
-        """
-        grid = self.config.decoder_position_grid
-        taken = ("mask_token", "decoder_pos_embed", "decoder_blocks.", "decoder_norm.")
-        targets = {key: value for key, value in self.state_dict().items() if key.startswith(taken)}
-        converted = {}
-        for key, value in decoder_state_dict.items():
-            if key.startswith(MIXMIM_DECODER_UNUSED):
-                continue
-            if key not in targets:
-                raise KeyError(f"{key!r} is not a MixMIM decoder tensor that GeoMIM pretraining takes "
-                               f"(mask_token, decoder_pos_embed, decoder_blocks.*, decoder_norm.*)")
-            if key == "decoder_pos_embed":
-                if value.shape != (1, grid * grid, targets[key].shape[1]):
-                    raise ValueError(f"decoder_pos_embed has shape {tuple(value.shape)}; a (1, {grid * grid}, "
-                                     f"{targets[key].shape[1]}) table was expected for the {grid} x {grid} grid")
-                value = value.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)  # (1, L, C) -> (1, C, grid, grid)
-            if value.shape != targets[key].shape:
-                raise ValueError(f"{key} has shape {tuple(value.shape)}, the model's is {tuple(targets[key].shape)}")
-            converted[key] = value
-        if missing := sorted(targets.keys() - converted.keys()):
-            raise KeyError(f"the MixMIM decoder lacks {len(missing)} tensors, e.g. {missing[:3]}")
-        with torch.no_grad():
-            for key, value in converted.items():
-                targets[key].copy_(value)
-        return sorted(converted)
 
     def save_encoder(self, save_directory, **kwargs) -> None:
         """Saves the pretrained encoder alone as a [`GeoMIMModel`] checkpoint (its `config.json` and weights), the

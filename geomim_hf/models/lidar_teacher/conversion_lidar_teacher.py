@@ -12,94 +12,66 @@ their BatchNorms:
 
 The channel widths are read from the weights; the voxel grid is not stored in a checkpoint, so it is bevfusion's
 unless overridden. The conversion is strict: an unknown key under the prefix, a missing key or a shape that does not
-fit stops it with an error naming the keys.
+fit stops it with an error naming the keys. Only BatchNorm step counters may be missing (some exports leave them out):
+eval mode never reads them, so they start at 0, reported.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import torch
 
-from ..geomim.conversion_geomim import CheckpointConversionError, unwrap_state_dict
+from ...checkpoint_conversion import (
+    CheckpointConversionError,
+    ConversionReport,
+    KeyRule,
+    apply_key_rules,
+    load_converted,
+    select_prefix,
+    unwrap_state_dict,
+)
 from .configuration_lidar_teacher import GeoMIMLidarTeacherConfig
 from .modeling_lidar_teacher import GeoMIMLidarTeacher
 
 LIDAR_BACKBONE_PREFIX = "encoders.lidar.backbone."
 _BATCH_NORM = r"(?P<param>weight|bias|running_mean|running_var|num_batches_tracked)"
+_BLOCK = r"encoder_layers\.encoder_layer(?P<stage>\d+)\.(?P<block>\d+)\."
 
 # bevfusion key (relative to the prefix) -> GeoMIMLidarTeacher key. `stage` counts from 1 in bevfusion, from 0 here.
-_RULES = (
-    (re.compile(r"conv_input\.0\.weight"), "conv_input.convolution.weight"),
-    (re.compile(r"conv_input\.1\." + _BATCH_NORM), "conv_input.normalization.{param}"),
-    (re.compile(r"encoder_layers\.encoder_layer(?P<stage>\d+)\.(?P<block>\d+)\.conv(?P<layer>[12])\.weight"),
-     "encoder.stages.{stage}.blocks.{block}.conv_layer{layer}.convolution.weight"),
-    (re.compile(r"encoder_layers\.encoder_layer(?P<stage>\d+)\.(?P<block>\d+)\.bn(?P<layer>[12])\." + _BATCH_NORM),
-     "encoder.stages.{stage}.blocks.{block}.conv_layer{layer}.normalization.{param}"),
-    (re.compile(r"encoder_layers\.encoder_layer(?P<stage>\d+)\.(?P<block>\d+)\.0\.weight"),
-     "encoder.stages.{stage}.downsample.convolution.weight"),
-    (re.compile(r"encoder_layers\.encoder_layer(?P<stage>\d+)\.(?P<block>\d+)\.1\." + _BATCH_NORM),
-     "encoder.stages.{stage}.downsample.normalization.{param}"),
-    (re.compile(r"conv_out\.0\.weight"), "conv_out.convolution.weight"),
-    (re.compile(r"conv_out\.1\." + _BATCH_NORM), "conv_out.normalization.{param}"),
+KEY_RULES = (
+    KeyRule(r"conv_input\.0\.weight", ("conv_input.convolution.weight",)),
+    KeyRule(r"conv_input\.1\." + _BATCH_NORM, ("conv_input.normalization.{param}",)),
+    KeyRule(_BLOCK + r"conv(?P<layer>[12])\.weight",
+            ("encoder.stages.{stage}.blocks.{block}.conv_layer{layer}.convolution.weight",)),
+    KeyRule(_BLOCK + r"bn(?P<layer>[12])\." + _BATCH_NORM,
+            ("encoder.stages.{stage}.blocks.{block}.conv_layer{layer}.normalization.{param}",)),
+    KeyRule(_BLOCK + r"0\.weight", ("encoder.stages.{stage}.downsample.convolution.weight",)),
+    KeyRule(_BLOCK + r"1\." + _BATCH_NORM, ("encoder.stages.{stage}.downsample.normalization.{param}",)),
+    KeyRule(r"conv_out\.0\.weight", ("conv_out.convolution.weight",)),
+    KeyRule(r"conv_out\.1\." + _BATCH_NORM, ("conv_out.normalization.{param}",)),
 )
 
 KERNEL_LAYOUTS = ("spconv1", "spconv2")
+SPCONV1_TO_SPCONV2 = "permuted from spconv 1.x (kx, ky, kz, in, out) to spconv 2.x (out, kx, ky, kz, in)"
+STEP_COUNTERS = "zeros (BatchNorm step counters, never read in eval mode)"
 
 
-@dataclass
-class TeacherConversionReport:
-    """What a conversion did with every key of the source checkpoint."""
-
-    prefix: str = ""
-    kernel_layout: str = ""
-    converted: dict[str, str] = field(default_factory=dict)
-    dropped: list[str] = field(default_factory=list)
-    initialised: list[str] = field(default_factory=list)
-
-    def format(self) -> str:
-        groups = Counter(".".join(key.split(".")[:2]) for key in self.dropped)
-        summary = ", ".join(f"{name} ({count})" for name, count in sorted(groups.items()))
-        lines = [
-            f"Source: bevfusion SparseEncoder under {self.prefix or '(no prefix)'}; kernels in {self.kernel_layout} "
-            f"layout" + (" (permuted to spconv 2.x)" if self.kernel_layout == "spconv1" else ""),
-            f"Converted: {len(self.converted)} tensors",
-            f"Dropped, not the LiDAR encoder: {len(self.dropped)}" + (f" [{summary}]" if summary else ""),
-        ]
-        if self.initialised:
-            lines.append(f"Initialised without a source (BatchNorm step counters, unused in eval): {self.initialised}")
-        return "\n".join(lines)
-
-
-def select_lidar_backbone(state_dict: Mapping[str, torch.Tensor], report: TeacherConversionReport) -> dict:
-    """The SparseEncoder tensors without their prefix; everything else goes to ``report.dropped``."""
-    if any(key.startswith(LIDAR_BACKBONE_PREFIX) for key in state_dict):
-        report.prefix = LIDAR_BACKBONE_PREFIX
-        report.dropped = sorted(key for key in state_dict if not key.startswith(LIDAR_BACKBONE_PREFIX))
-        return {key.removeprefix(LIDAR_BACKBONE_PREFIX): value for key, value in state_dict.items()
-                if key.startswith(LIDAR_BACKBONE_PREFIX)}
-    if "conv_input.0.weight" in state_dict:
-        return dict(state_dict)
+def select_lidar_backbone(state_dict: Mapping[str, torch.Tensor], report: ConversionReport) -> dict:
+    """The SparseEncoder tensors without their prefix; everything else is dropped into ``report``."""
+    backbone = select_prefix(state_dict, (LIDAR_BACKBONE_PREFIX,), report)
+    if report.prefix or "conv_input.0.weight" in backbone:
+        return backbone
     raise CheckpointConversionError(
         f"No LiDAR SparseEncoder found: no key starts with {LIDAR_BACKBONE_PREFIX!r} and there is no bare "
         f"'conv_input.0.weight'; first keys: {sorted(state_dict)[:8]}"
     )
 
 
-def map_key(key: str) -> str:
-    """The GeoMIMLidarTeacher name of a SparseEncoder key (relative to the prefix); unknown keys raise."""
-    for pattern, target in _RULES:
-        match = pattern.fullmatch(key)
-        if match is not None:
-            fields = match.groupdict()
-            if "stage" in fields:
-                fields["stage"] = int(fields["stage"]) - 1
-            return target.format(**fields)
-    raise CheckpointConversionError(f"Unknown key {key!r} in the LiDAR SparseEncoder: not part of bevfusion's "
-                                    "basicblock SparseEncoder")
+def _stage_from_zero(groups: dict[str, str]) -> dict[str, object]:
+    """The target fields of a match: bevfusion's `encoder_layer1` is our stage 0."""
+    return {**groups, "stage": int(groups["stage"]) - 1} if "stage" in groups else groups
 
 
 def _expected_kernel(target: str) -> tuple[int, int, int]:
@@ -170,29 +142,18 @@ def infer_channels(converted: Mapping[str, torch.Tensor]) -> dict:
                 output_channels=output_channels)
 
 
-def check_against_model(state_dict: dict[str, torch.Tensor], model: GeoMIMLidarTeacher,
-                        report: TeacherConversionReport) -> None:
-    """Raises, naming the keys, unless ``state_dict`` has the model's keys and shapes. Missing BatchNorm step counters
-    (some exports leave them out; eval mode never reads them) are filled with 0 and reported."""
-    expected = model.state_dict()
-    for key in sorted(set(expected) - set(state_dict)):
-        if key.endswith("num_batches_tracked"):
-            state_dict[key] = torch.zeros_like(expected[key])
-            report.initialised.append(key)
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [f"{key}: checkpoint {tuple(state_dict[key].shape)}, model {tuple(expected[key].shape)}"
-                  for key in sorted(set(expected) & set(state_dict)) if state_dict[key].shape != expected[key].shape]
-    problems = [f"{name} {keys}" for name, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                                    ("shape mismatches", mismatched)) if keys]
-    if problems:
-        raise CheckpointConversionError("The converted weights do not fit GeoMIMLidarTeacher (check the config "
-                                        "overrides): " + "; ".join(problems))
+def fill_step_counters(state_dict: dict[str, torch.Tensor], model: GeoMIMLidarTeacher,
+                       report: ConversionReport) -> None:
+    """Fills, in place and reported, the BatchNorm step counters of `model` that `state_dict` lacks."""
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in state_dict:
+            state_dict[key] = torch.zeros_like(value)
+            report.add_initialised(STEP_COUNTERS, key)
 
 
 def convert_lidar_teacher_state_dict(
     checkpoint: Mapping[str, object], **config_overrides
-) -> tuple[GeoMIMLidarTeacherConfig, dict[str, torch.Tensor], TeacherConversionReport]:
+) -> tuple[GeoMIMLidarTeacherConfig, dict[str, torch.Tensor], ConversionReport]:
     """Converts a bevfusion checkpoint (any container `unwrap_state_dict` accepts) to GeoMIMLidarTeacher keys.
 
     Args:
@@ -200,36 +161,33 @@ def convert_lidar_teacher_state_dict(
         config_overrides: fields of [`GeoMIMLidarTeacherConfig`] that the weights cannot tell (the grid, the limits,
             `encoder_paddings`); by default bevfusion's.
     """
-    report = TeacherConversionReport()
+    report = ConversionReport(target=GeoMIMLidarTeacher.__name__)
     backbone = select_lidar_backbone(unwrap_state_dict(checkpoint), report)
-    converted = {}
-    for key, tensor in backbone.items():
-        target = map_key(key)
-        converted[target] = tensor
-        report.converted[key] = target
-    report.kernel_layout = detect_kernel_layout(converted)
-    if report.kernel_layout == "spconv1":
-        converted = {key: tensor.permute(4, 0, 1, 2, 3) if key.endswith("convolution.weight") else tensor
-                     for key, tensor in converted.items()}
-    converted = {key: tensor.contiguous() for key, tensor in converted.items()}
+    converted = apply_key_rules(backbone, KEY_RULES, report, source="the LiDAR SparseEncoder (bevfusion's basicblock "
+                                "SparseEncoder)", fields=_stage_from_zero)
+    report.source_layout = detect_kernel_layout(converted)
+    if report.source_layout == "spconv1":
+        kernels = [key for key in converted if key.endswith("convolution.weight")]
+        for key in kernels:
+            converted[key] = converted[key].permute(4, 0, 1, 2, 3).contiguous()
+        report.add_transformed(SPCONV1_TO_SPCONV2, *kernels)
     config = GeoMIMLidarTeacherConfig(**{**infer_channels(converted), **config_overrides})
     return config, converted, report
 
 
 def convert_lidar_teacher_checkpoint(
     checkpoint: Mapping[str, object], **config_overrides
-) -> tuple[GeoMIMLidarTeacher, TeacherConversionReport]:
+) -> tuple[GeoMIMLidarTeacher, ConversionReport]:
     """Converts (see [`convert_lidar_teacher_state_dict`]) and loads strictly into a new teacher in eval mode."""
     config, state_dict, report = convert_lidar_teacher_state_dict(checkpoint, **config_overrides)
     model = GeoMIMLidarTeacher(config)
-    check_against_model(state_dict, model, report)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval(), report
+    fill_step_counters(state_dict, model, report)
+    return load_converted(model, state_dict, report), report
 
 
 __all__ = [
+    "KEY_RULES",
     "LIDAR_BACKBONE_PREFIX",
-    "TeacherConversionReport",
     "convert_lidar_teacher_checkpoint",
     "convert_lidar_teacher_state_dict",
     "detect_kernel_layout",

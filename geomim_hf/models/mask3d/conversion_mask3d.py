@@ -15,35 +15,28 @@ keeps the source's square grid unless another `image_size` is asked for, in whic
 bicubically once, exactly as the encoder would resize it on the fly.
 """
 
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 
-from ..geomim.conversion_geomim import CheckpointConversionError, check_against_model
+from ...checkpoint_conversion import (
+    CheckpointConversionError,
+    ConversionReport,
+    KeyRule,
+    apply_key_rules,
+    load_converted,
+    split_fused_qkv,
+)
 from .configuration_mask3d import Mask3DConfig
 from .modeling_mask3d import Mask3DModel, resize_position_table
 
 TIMM_HEAD_DIM = 64
 
-
-def _split_qkv(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return tuple(tensor.chunk(3, dim=0))
-
-
-def _unchanged(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return (tensor,)
-
-
-@dataclass(frozen=True)
-class KeyRule:
-    pattern: str  # full match on the source key, with named groups used by the targets
-    targets: tuple[str, ...]
-    transform: Callable[[torch.Tensor], tuple[torch.Tensor, ...]] = _unchanged
-
-
+# timm / MAE key -> Mask3DModel key, drops first.
 TIMM_RULES = (
+    KeyRule(r"head\..+", drop="classifier head"),
+    KeyRule(r"mask_token|decoder_.+", drop="MAE decoder (pretraining only)"),
     KeyRule(r"cls_token", ("embeddings.cls_token",)),
     KeyRule(r"pos_embed", ("embeddings.position_embeddings",)),
     KeyRule(r"patch_embed\.proj\.(?P<p>weight|bias)", ("embeddings.patch_embeddings.projection.{p}",)),
@@ -52,22 +45,18 @@ TIMM_RULES = (
     KeyRule(
         r"blocks\.(?P<i>\d+)\.attn\.qkv\.(?P<p>weight|bias)",
         ("layers.{i}.attention.q_proj.{p}", "layers.{i}.attention.k_proj.{p}", "layers.{i}.attention.v_proj.{p}"),
-        _split_qkv,
+        split_fused_qkv,
     ),
     KeyRule(r"blocks\.(?P<i>\d+)\.attn\.proj\.(?P<p>weight|bias)", ("layers.{i}.attention.o_proj.{p}",)),
     KeyRule(r"blocks\.(?P<i>\d+)\.mlp\.fc(?P<n>[12])\.(?P<p>weight|bias)", ("layers.{i}.mlp.fc{n}.{p}",)),
     KeyRule(r"norm\.(?P<p>weight|bias)", ("layernorm.{p}",)),
 )
-DROPPED_PREFIXES = {
-    "timm": {
-        "classifier head": ("head.",),
-        "MAE decoder (pretraining only)": ("mask_token", "decoder_"),
-    },
-    "transformers": {
-        "pooler": ("pooler.",),
-        "mask token (masked image modeling only)": ("embeddings.mask_token",),
-    },
-}
+# A transformers ViT / ViTMAE has Mask3DModel's names already: everything but its pooler and mask token is copied.
+TRANSFORMERS_RULES = (
+    KeyRule(r"pooler\..+", drop="pooler"),
+    KeyRule(r"embeddings\.mask_token", drop="mask token (masked image modeling only)"),
+    KeyRule(r"(?P<key>.+)", ("{key}",)),
+)
 # timm ViT features the Mask3D encoder does not have; converting them would silently change the function.
 UNSUPPORTED_TIMM_KEYS = {
     "fc_norm.": "the model pools by averaging and has no final norm on the tokens (global_pool='avg')",
@@ -76,41 +65,6 @@ UNSUPPORTED_TIMM_KEYS = {
     ".ls1.": "layer scale",
     ".q_norm.": "query / key normalisation",
 }
-
-
-@dataclass
-class ConversionReport:
-    """What a conversion did with every key of the source checkpoint."""
-
-    source_layout: str
-    converted: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    dropped: dict[str, list[str]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-
-    def format(self) -> str:
-        num_targets = sum(len(targets) for targets in self.converted.values())
-        split = sum(len(targets) > 1 for targets in self.converted.values())
-        lines = [
-            f"Source layout: {self.source_layout}",
-            f"Converted: {len(self.converted)} source tensors -> {num_targets} Mask3DModel tensors "
-            f"({split} fused qkv split into query, key and value)",
-        ]
-        for reason, keys in self.dropped.items():
-            shown = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
-            lines.append(f"Dropped, {reason}: {len(keys)} [{shown}]")
-        lines += [f"Note: {note}" for note in self.notes]
-        lines.append(f"Missing: {len(self.missing)}" + (f" {self.missing}" if self.missing else ""))
-        lines.append(f"Unexpected: {len(self.unexpected)}" + (f" {self.unexpected}" if self.unexpected else ""))
-        return "\n".join(lines)
-
-
-def _dropped_reason(layout: str, key: str) -> str | None:
-    for reason, prefixes in DROPPED_PREFIXES[layout].items():
-        if key.startswith(prefixes):
-            return reason
-    return None
 
 
 def _square_grid_side(position_rows: int, key: str) -> int:
@@ -133,29 +87,12 @@ def convert_timm_state_dict(
         num_attention_heads: heads per layer; the weights cannot tell. Default: hidden size / 64.
         layer_norm_eps: epsilon of the source's layer norms (timm and MAE: 1e-6).
     """
-    report = ConversionReport(source_layout="timm")
+    report = ConversionReport(target=Mask3DModel.__name__, source_layout="timm")
     for marker, feature in UNSUPPORTED_TIMM_KEYS.items():
         offending = sorted(key for key in state_dict if marker in key or key.startswith(marker))
         if offending:
             raise CheckpointConversionError(f"{offending[0]}: unsupported ViT feature ({feature})")
-    rules = [(re.compile(rule.pattern), rule) for rule in TIMM_RULES]
-    converted = {}
-    for key, tensor in state_dict.items():
-        reason = _dropped_reason("timm", key)
-        if reason is not None:
-            report.dropped.setdefault(reason, []).append(key)
-            continue
-        for pattern, rule in rules:
-            if (match := pattern.fullmatch(key)) is not None:
-                break
-        else:
-            raise CheckpointConversionError(
-                f"Unknown key {key!r} in the timm-layout checkpoint: neither an encoder weight nor on a drop list"
-            )
-        targets = tuple(target.format(**match.groupdict()) for target in rule.targets)
-        for target, value in zip(targets, rule.transform(tensor), strict=True):
-            converted[target] = value.contiguous()
-        report.converted[key] = targets
+    converted = apply_key_rules(state_dict, TIMM_RULES, report, source="the timm-layout checkpoint")
 
     projection_key = "embeddings.patch_embeddings.projection.weight"
     if projection_key not in converted or "embeddings.position_embeddings" not in converted:
@@ -189,15 +126,8 @@ def convert_transformers_vit(model: torch.nn.Module) -> tuple[Mask3DConfig, dict
     source = model.config
     if source.model_type not in ("vit", "vit_mae"):
         raise CheckpointConversionError(f"expected a ViT or ViTMAE model, got model_type {source.model_type!r}")
-    report = ConversionReport(source_layout=f"transformers {type(model).__name__}")
-    converted = {}
-    for key, tensor in model.state_dict().items():
-        reason = _dropped_reason("transformers", key)
-        if reason is not None:
-            report.dropped.setdefault(reason, []).append(key)
-            continue
-        converted[key] = tensor.detach().clone()
-        report.converted[key] = (key,)
+    report = ConversionReport(target=Mask3DModel.__name__, source_layout=f"transformers {type(model).__name__}")
+    converted = apply_key_rules(model.state_dict(), TRANSFORMERS_RULES, report, source=f"the {type(model).__name__}")
     patch_size = source.patch_size if isinstance(source.patch_size, int) else source.patch_size[0]
     side = _square_grid_side(converted["embeddings.position_embeddings"].shape[1], "embeddings.position_embeddings")
     config = Mask3DConfig(
@@ -231,14 +161,12 @@ def build_encoder(
         table = state_dict["embeddings.position_embeddings"]
         patch_table = resize_position_table(table[:, 1:], from_grid, config.grid_size)
         state_dict["embeddings.position_embeddings"] = torch.cat([table[:, :1], patch_table], dim=1)
-        report.notes.append(
-            f"position table resized bicubically from the {from_grid[0]}x{from_grid[1]} grid to "
-            f"{config.grid_size[0]}x{config.grid_size[1]} (image_size {config.image_size})"
+        report.add_transformed(
+            f"resized bicubically from the {from_grid[0]}x{from_grid[1]} patch grid to "
+            f"{config.grid_size[0]}x{config.grid_size[1]} (image_size {config.image_size})",
+            "embeddings.position_embeddings",
         )
-    model = Mask3DModel(config)
-    check_against_model(state_dict, model, report)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    return load_converted(Mask3DModel(config), state_dict, report)
 
 
-__all__ = ["ConversionReport", "build_encoder", "convert_timm_state_dict", "convert_transformers_vit"]
+__all__ = ["TIMM_RULES", "TRANSFORMERS_RULES", "build_encoder", "convert_timm_state_dict", "convert_transformers_vit"]
