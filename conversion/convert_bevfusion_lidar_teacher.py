@@ -24,11 +24,11 @@ from geomim_hf.hub import (
     save_conversion,
 )
 from geomim_hf.models.lidar_teacher import GeoMIMLidarTeacherConfig, random_lidar_teacher
+from geomim_hf.models.lidar_teacher.configuration_lidar_teacher import TEACHER_PRESETS
 from geomim_hf.models.lidar_teacher.conversion_lidar_teacher import convert_lidar_teacher_checkpoint
 
 MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 CONVERTER = f"conversion/{Path(__file__).name}"
-RANDOM_PRESETS = {"bevfusion": GeoMIMLidarTeacherConfig, "small_grid": GeoMIMLidarTeacherConfig.small_grid}
 # The fields of the random teacher's card that are its config's.
 RANDOM_CARD_CONFIG_FIELDS = ("voxel_size", "point_cloud_range", "max_num_points", "max_voxels", "base_channels",
                              "encoder_channels", "output_channels", "bev_shape")
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="bevfusion checkpoint file (.pth, .pt, .bin or .safetensors)")
-    source.add_argument("--random_init", choices=sorted(RANDOM_PRESETS),
+    source.add_argument("--random_init", choices=sorted(TEACHER_PRESETS),
                         help="write a randomly initialised teacher with this preset instead of converting")
     parser.add_argument("--seed", type=int, default=0, help="seed of --random_init (default 0)")
     add_conversion_output_arguments(parser, "the teacher")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         card = fill_template((MODEL_CARDS_DIR / "geomim-lidar-teacher-bevfusion.md").read_text(),
                              {"conversion_record": conversion_record(args.checkpoint, CONVERTER, report)})
     else:
-        teacher = random_lidar_teacher(RANDOM_PRESETS[args.random_init](**overrides), args.seed)
+        teacher = random_lidar_teacher(GeoMIMLidarTeacherConfig.from_preset(args.random_init, **overrides), args.seed)
         fields = {name: getattr(teacher.config, name) for name in RANDOM_CARD_CONFIG_FIELDS}
         card = fill_template((MODEL_CARDS_DIR / "geomim-lidar-teacher-random.md").read_text(),
                              {"preset": args.random_init, "seed": args.seed, **fields})

@@ -36,7 +36,7 @@ def test_default_config_is_bevfusion_transfusion_l():
     assert config.output_sparse_shape == [180, 180, 2] and config.bev_shape == (256, 180, 180)
     assert config.max_num_points == 10 and config.max_voxels == 160000 and config.batch_norm_eps == 1e-3
     assert config.encoder_paddings == [[0, 0, 1], [0, 0, 1], [0, 0, [1, 1, 0]], [0, 0]]
-    assert GeoMIMLidarTeacherConfig.small_grid().bev_shape == (128, 45, 45)
+    assert GeoMIMLidarTeacherConfig.from_preset("small_grid").bev_shape == (128, 45, 45)
 
 
 def test_config_rejects_bad_grids_and_channel_changes_inside_a_stage():
@@ -49,10 +49,10 @@ def test_config_rejects_bad_grids_and_channel_changes_inside_a_stage():
 
 
 def test_config_round_trips_through_auto_config(tmp_path):
-    GeoMIMLidarTeacherConfig.small_grid(max_voxels=1234).save_pretrained(tmp_path)
+    GeoMIMLidarTeacherConfig.from_preset("small_grid", max_voxels=1234).save_pretrained(tmp_path)
     reloaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(reloaded, GeoMIMLidarTeacherConfig)
-    expected = GeoMIMLidarTeacherConfig.small_grid(max_voxels=1234).to_dict()
+    expected = GeoMIMLidarTeacherConfig.from_preset("small_grid", max_voxels=1234).to_dict()
     assert {**reloaded.to_dict(), "_name_or_path": ""} == expected
 
 
@@ -116,9 +116,9 @@ def test_sparse_encoder_matches_a_dense_conv3d_evaluation(tiny_checkpoint_state)
 
 def test_random_initialisation_is_he_scaled_and_seeded():
     torch.manual_seed(0)
-    first = GeoMIMLidarTeacher(GeoMIMLidarTeacherConfig.small_grid())
+    first = GeoMIMLidarTeacher(GeoMIMLidarTeacherConfig.from_preset("small_grid"))
     torch.manual_seed(0)
-    second = GeoMIMLidarTeacher(GeoMIMLidarTeacherConfig.small_grid())
+    second = GeoMIMLidarTeacher(GeoMIMLidarTeacherConfig.from_preset("small_grid"))
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     weight = first.encoder.stages[1].blocks[0].conv_layer1.convolution.weight  # (16, 3, 3, 3, 16)
     assert abs(weight.std().item() - (2 / (27 * 16)) ** 0.5) < 0.01

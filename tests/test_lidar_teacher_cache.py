@@ -31,7 +31,7 @@ def load_script():
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("teacher")
-    random_lidar_teacher(GeoMIMLidarTeacherConfig.small_grid(), seed=0).save_pretrained(path)
+    random_lidar_teacher(GeoMIMLidarTeacherConfig.from_preset("small_grid"), seed=0).save_pretrained(path)
     return path
 
 
@@ -98,9 +98,9 @@ def test_manifest_describes_the_cache(cache_dir, teacher_dir):
 
 def test_a_cache_refuses_another_teacher_and_names_missing_targets(cache_dir):
     with pytest.raises(TeacherMismatchError, match="same settings, other weights"):
-        TeacherTargetCache(cache_dir, teacher=random_lidar_teacher(GeoMIMLidarTeacherConfig.small_grid(), seed=1))
+        TeacherTargetCache(cache_dir, teacher=random_lidar_teacher(GeoMIMLidarTeacherConfig.from_preset("small_grid"), seed=1))
     with pytest.raises(TeacherMismatchError, match=r"max_voxels cache=160000 teacher=1000"):
-        TeacherTargetCache(cache_dir, teacher=GeoMIMLidarTeacherConfig.small_grid(max_voxels=1000))
+        TeacherTargetCache(cache_dir, teacher=GeoMIMLidarTeacherConfig.from_preset("small_grid", max_voxels=1000))
     cache = TeacherTargetCache(cache_dir)
     with pytest.raises(MissingTargetError, match=r"sample 0123 is not in the teacher target cache .* 'mini_train'"):
         cache.get("0123")

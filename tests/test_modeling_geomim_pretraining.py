@@ -21,7 +21,7 @@ IMAGE_SIZE = (64, 160)  # (H, W): a 2 x 5 grid of stride-32 mask cells
 
 def tiny_model(seed: int = 0, **overrides) -> GeoMIMForPretraining:
     torch.manual_seed(seed)
-    return GeoMIMForPretraining(GeoMIMPretrainingConfig.preset("tiny", **overrides))
+    return GeoMIMForPretraining(GeoMIMPretrainingConfig.from_preset("tiny", **overrides))
 
 
 def rig_batch(batch_size: int = 2, image_size: tuple[int, int] = IMAGE_SIZE, seed: int = 0) -> dict:
@@ -75,11 +75,11 @@ def test_config_defaults_are_the_original_swin_base_pretraining():
     assert config.bev_grid.num_x == config.bev_grid.num_y == 360 and config.bev_grid.num_depth_bins == 118
     assert config.bev_output_size == (180, 180) and config.target_patch_size == 18 and config.teacher_channels == 256
     assert (config.mask_stride, config.feature_stride, config.depth_loss_weight) == (32, 16, 0.01)
-    assert GeoMIMPretrainingConfig.preset("large").encoder_config.num_heads == [6, 12, 24, 48]
+    assert GeoMIMPretrainingConfig.from_preset("large").encoder_config.num_heads == [6, 12, 24, 48]
 
 
 def test_config_round_trips_with_its_encoder(tmp_path):
-    GeoMIMPretrainingConfig.preset("tiny", bev_channels=8).save_pretrained(tmp_path)
+    GeoMIMPretrainingConfig.from_preset("tiny", bev_channels=8).save_pretrained(tmp_path)
     reloaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(reloaded, GeoMIMPretrainingConfig) and isinstance(reloaded.encoder_config, GeoMIMConfig)
     assert reloaded.bev_channels == 8 and reloaded.encoder_config.embed_dim == 16
@@ -101,7 +101,7 @@ def test_config_rejects_inconsistent_fields(fields, message):
     with pytest.raises(ValueError, match=message):
         GeoMIMPretrainingConfig(**fields)
     with pytest.raises(ValueError, match="unknown GeoMIM pretraining preset"):
-        GeoMIMPretrainingConfig.preset("huge")
+        GeoMIMPretrainingConfig.from_preset("huge")
 
 
 # ------------------------------------------------------------------------------------------------------------ masks
@@ -385,7 +385,7 @@ def test_tiny_preset_learns_to_reconstruct_the_teacher_on_synthetic_scenes(nusce
     width, height = nuscenes_spec.image_size
     collate = PretrainingCollator(GeoMIMImageProcessor.geomim_pretraining(size={"height": height, "width": width}))
     examples = list(load_nuscenes(nuscenes_root, nuscenes_spec.version, "mini_train", num_sweeps=2))
-    teacher = random_lidar_teacher(GeoMIMLidarTeacherConfig.small_grid(), seed=0)
+    teacher = random_lidar_teacher(GeoMIMLidarTeacherConfig.from_preset("small_grid"), seed=0)
     batches = []
     for start in range(0, len(examples), 2):
         batch = collate(examples[start : start + 2])

@@ -163,7 +163,7 @@ CASES = [
         batching_rtol=1e-3,
     ),
     ModelCase(
-        GeoMIMForPretraining, lambda: GeoMIMPretrainingConfig.preset("tiny"), AutoModelForPreTraining,
+        GeoMIMForPretraining, lambda: GeoMIMPretrainingConfig.from_preset("tiny"), AutoModelForPreTraining,
         pretraining_inputs,
         lambda output: [output.reconstruction, output.normalized_target, output.depth_probabilities],
         [(replace("pixel_values", torch.zeros(2, 6, 3, 64, 144)), "multiple of 32"),

@@ -151,7 +151,7 @@ def test_lifted_camera_depth_lands_on_the_teachers_voxels_in_its_xy_layout(examp
     geometry puts the mass on the (X, Y) columns where the teacher's voxeliser found points. Only what stands above
     the road counts: the ground's rings look alike under any mirror or transposition."""
     batch = collator(augment=True, depth_downsample=4, generator=torch.Generator().manual_seed(4))(examples)
-    config = GeoMIMLidarTeacherConfig.small_grid()
+    config = GeoMIMLidarTeacherConfig.from_preset("small_grid")
     above_road = -1.4  # metres in the LiDAR frame, whose origin is 1.84 m above the road
     voxels = GeoMIMLidarTeacher(config).voxelize(batch["points"], batch["points_mask"])
     batch_index, x_index, y_index, z_index = voxels.coordinates.long().unbind(1)

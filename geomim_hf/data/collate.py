@@ -13,7 +13,7 @@ from ..geometry import lidar_depth_targets
 from .image_processing_geomim import GeoMIMImageProcessor
 from .nuscenes_constants import DETECTION_CLASSES
 
-def cameras_to_key_ego(camera_to_ego: np.ndarray, camera_ego_to_global: np.ndarray,
+def chain_to_key_ego(camera_to_ego: np.ndarray, camera_ego_to_global: np.ndarray,
                        key_ego_to_global: np.ndarray) -> np.ndarray:
     """(N, 4, 4) camera -> ego frame of the LiDAR key frame (BEVDet's ``sensor2keyego``).
 
@@ -28,7 +28,7 @@ def cameras_to_key_ego(camera_to_ego: np.ndarray, camera_ego_to_global: np.ndarr
 
 def camera_to_key_ego(example: dict) -> np.ndarray:
     """(N, 4, 4) camera -> key-frame ego of an example's own cameras."""
-    return cameras_to_key_ego(example["camera_to_ego"], example["camera_ego_to_global"], example["ego_to_global"])
+    return chain_to_key_ego(example["camera_to_ego"], example["camera_ego_to_global"], example["ego_to_global"])
 
 
 def previous_camera_to_key_ego(example: dict, frame: int = 0) -> np.ndarray:
@@ -36,7 +36,7 @@ def previous_camera_to_key_ego(example: dict, frame: int = 0) -> np.ndarray:
 
     A scene keeps its calibration, so the previous frame's camera -> ego extrinsics are the key frame's.
     """
-    return cameras_to_key_ego(example["camera_to_ego"], example["previous_camera_ego_to_global"][frame],
+    return chain_to_key_ego(example["camera_to_ego"], example["previous_camera_ego_to_global"][frame],
                               example["ego_to_global"])
 
 

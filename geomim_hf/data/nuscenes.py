@@ -208,13 +208,13 @@ def generate_examples(
                 continue
             example["scene_name"] = scene_name
             if previous_frames:
-                example |= previous_fields(example, history, previous_frames)
+                example |= pad_previous_frames(example, history, previous_frames)
                 history.insert(0, example)
                 del history[previous_frames:]
             yield example
 
 
-def previous_fields(example: dict, history: list[dict], previous_frames: int) -> dict:
+def pad_previous_frames(example: dict, history: list[dict], previous_frames: int) -> dict:
     """The previous-frame fields of ``example`` from the frames before it, most recent first (each with
     ``sample_token``, ``images``, ``camera_ego_to_global`` and ``ego_to_global``); missing frames at the start of a
     scene repeat the earliest one there is, the example itself at the first frame, and are marked not valid."""
@@ -229,7 +229,7 @@ def previous_fields(example: dict, history: list[dict], previous_frames: int) ->
     }
 
 
-def previous_frame_fields(nusc, sample: dict, previous_frames: int = 1) -> dict:
+def read_previous_frames(nusc, sample: dict, previous_frames: int = 1) -> dict:
     """The previous-frame fields of one sample read at random (what the loader's ``previous_frames`` adds when it
     streams a scene), following the samples' ``prev`` links; only camera records and poses are read."""
     current = {"sample_token": sample["token"], **camera_fields(nusc, sample), **lidar_pose(nusc, sample)}
@@ -238,7 +238,7 @@ def previous_frame_fields(nusc, sample: dict, previous_frames: int = 1) -> dict:
         earlier = nusc.get("sample", token)
         history.append({"sample_token": token, **camera_fields(nusc, earlier), **lidar_pose(nusc, earlier)})
         token = earlier["prev"]
-    return previous_fields(current, history, previous_frames)
+    return pad_previous_frames(current, history, previous_frames)
 
 
 def _transform(rotation: list[float], translation: list[float]) -> np.ndarray:

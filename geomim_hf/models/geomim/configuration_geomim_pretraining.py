@@ -73,7 +73,7 @@ class GeoMIMPretrainingConfig(PreTrainedConfig):
     >>> from geomim_hf import GeoMIMForPretraining, GeoMIMPretrainingConfig
 
     >>> config = GeoMIMPretrainingConfig()  # GeoMIM Swin-Base pretraining
-    >>> tiny = GeoMIMPretrainingConfig.preset("tiny")  # trains on a CPU
+    >>> tiny = GeoMIMPretrainingConfig.from_preset("tiny")  # trains on a CPU
     >>> model = GeoMIMForPretraining(tiny)
 
     ```
@@ -166,24 +166,25 @@ class GeoMIMPretrainingConfig(PreTrainedConfig):
         return self.mask_stride // 2
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "GeoMIMPretrainingConfig":
-        """A named configuration: `"base"` and `"large"` (the original Swin-B / Swin-L pretraining) or `"tiny"`, a
-        model of about 0.7 M parameters with GeoMIM's full structure on a coarse 1.2 m grid that trains on a CPU. Its
-        output, 128 x 45 x 45 normalised in 9 x 9 patches, is the BEV map of `GeoMIMLidarTeacherConfig.small_grid()`.
-        `overrides` replace fields of the preset."""
-        encoders = {
-            "base": {},
-            "large": {"embed_dim": 192, "num_heads": [6, 12, 24, 48]},
-            "tiny": {"embed_dim": 16, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 2, 4], "window_size": [8, 8, 8, 4],
-                     "image_size": 128},
-        }
-        if name not in encoders:
-            raise ValueError(f"unknown GeoMIM pretraining preset {name!r}; choose one of {sorted(encoders)}")
-        fields = {"encoder_config": GeoMIMConfig(**encoders[name])}
-        if name == "tiny":
-            fields.update(decoder_hidden_size=32, decoder_num_heads=2, bev_channels=16, bev_x_bound=(-54.0, 54.0, 1.2),
-                          bev_y_bound=(-54.0, 54.0, 1.2), teacher_channels=128, target_patch_size=9)
-        return cls(**{**fields, **overrides})
+    def from_preset(cls, name: str, **overrides) -> "GeoMIMPretrainingConfig":
+        """A named configuration of `PRETRAINING_PRESETS`, with `overrides` of its fields."""
+        if name not in PRETRAINING_PRESETS:
+            raise ValueError(f"unknown GeoMIM pretraining preset {name!r}; known: {sorted(PRETRAINING_PRESETS)}")
+        return cls(**{**PRETRAINING_PRESETS[name], **overrides})
 
 
-__all__ = ["GeoMIMPretrainingConfig"]
+PRETRAINING_PRESETS: dict[str, dict] = {
+    # The original Swin-B and Swin-L pretraining (pretrain/geomim_config/pretrain_{base,large}_50ep.yaml).
+    "base": {},
+    "large": {"encoder_config": {"embed_dim": 192, "num_heads": [6, 12, 24, 48]}},
+    # About 0.7 M parameters with GeoMIM's full structure on a coarse 1.2 m grid, to train on a CPU. Its output,
+    # 128 x 45 x 45 normalised in 9 x 9 patches, is the BEV map of the teacher preset "small_grid".
+    "tiny": {
+        "encoder_config": {"embed_dim": 16, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 2, 4],
+                           "window_size": [8, 8, 8, 4], "image_size": 128},
+        "decoder_hidden_size": 32, "decoder_num_heads": 2, "bev_channels": 16, "bev_x_bound": (-54.0, 54.0, 1.2),
+        "bev_y_bound": (-54.0, 54.0, 1.2), "teacher_channels": 128, "target_patch_size": 9,
+    },
+}
+
+__all__ = ["GeoMIMPretrainingConfig", "PRETRAINING_PRESETS"]

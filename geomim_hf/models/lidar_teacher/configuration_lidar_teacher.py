@@ -25,7 +25,7 @@ class GeoMIMLidarTeacherConfig(PreTrainedConfig):
     reconstructs from the cameras. The defaults are bevfusion's LiDAR-only TransFusion-L
     (`configs/nuscenes/det/transfusion/secfpn/lidar/voxelnet_0p075.yaml`), whose encoder GeoMIM loads from
     `lidar-only-det.pth`: 0.075 x 0.075 x 0.2 m voxels over [-54, 54] x [-54, 54] x [-5, 3] m in the LiDAR frame, a
-    sparse grid of 1440 x 1440 x 41 and a BEV map of 256 x 180 x 180. [`GeoMIMLidarTeacherConfig.small_grid`] is a
+    sparse grid of 1440 x 1440 x 41 and a BEV map of 256 x 180 x 180. `from_preset("small_grid")` is a
     preset that runs in about a second on a CPU (synthetic data, tests, demos).
 
     Args:
@@ -99,16 +99,11 @@ class GeoMIMLidarTeacherConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     @classmethod
-    def small_grid(cls, **overrides) -> "GeoMIMLidarTeacherConfig":
-        """A teacher that runs in about a second on a CPU: 0.3 m voxels over the bevfusion range (360 x 360 x 41),
-        half the channels, a BEV map of 128 x 45 x 45 (2.4 m cells). For synthetic data, tests and demos."""
-        preset = dict(
-            voxel_size=(0.3, 0.3, 0.2),
-            base_channels=8,
-            encoder_channels=((8, 8, 16), (16, 16, 32), (32, 32, 64), (64, 64)),
-            output_channels=64,
-        )
-        return cls(**{**preset, **overrides})
+    def from_preset(cls, name: str, **overrides) -> "GeoMIMLidarTeacherConfig":
+        """A named configuration of `TEACHER_PRESETS`, with `overrides` of its fields."""
+        if name not in TEACHER_PRESETS:
+            raise ValueError(f"unknown LiDAR teacher preset {name!r}; known: {sorted(TEACHER_PRESETS)}")
+        return cls(**{**TEACHER_PRESETS[name], **overrides})
 
     @property
     def grid_size(self) -> list[int]:
@@ -186,4 +181,13 @@ class GeoMIMLidarTeacherConfig(PreTrainedConfig):
         return self.output_channels * z_slices, x_cells, y_cells
 
 
-__all__ = ["GeoMIMLidarTeacherConfig"]
+TEACHER_PRESETS: dict[str, dict] = {
+    # bevfusion's TransFusion-L SparseEncoder, the teacher of the released GeoMIM pretraining.
+    "bevfusion": {},
+    # Runs in about a second on a CPU: 0.3 m voxels over the bevfusion range (360 x 360 x 41), half the channels, a
+    # BEV map of 128 x 45 x 45 (2.4 m cells). For synthetic data, tests and demos.
+    "small_grid": {"voxel_size": (0.3, 0.3, 0.2), "base_channels": 8,
+                   "encoder_channels": ((8, 8, 16), (16, 16, 32), (32, 32, 64), (64, 64)), "output_channels": 64},
+}
+
+__all__ = ["GeoMIMLidarTeacherConfig", "TEACHER_PRESETS"]

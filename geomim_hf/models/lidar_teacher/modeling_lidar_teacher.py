@@ -330,7 +330,7 @@ class GeoMIMLidarTeacher(GeoMIMLidarTeacherPreTrainedModel):
         >>> import torch
         >>> from geomim_hf import GeoMIMLidarTeacher, GeoMIMLidarTeacherConfig
 
-        >>> teacher = GeoMIMLidarTeacher(GeoMIMLidarTeacherConfig.small_grid()).eval()
+        >>> teacher = GeoMIMLidarTeacher(GeoMIMLidarTeacherConfig.from_preset("small_grid")).eval()
         >>> scale, offset = torch.tensor([80.0, 80.0, 6.0, 255.0, 0.5]), torch.tensor([40.0, 40.0, 4.0, 0.0, 0.0])
         >>> points = torch.rand(1, 2000, 5) * scale - offset  # x, y, z, intensity, time lag
         >>> with torch.no_grad():
