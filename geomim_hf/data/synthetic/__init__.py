@@ -1,7 +1,8 @@
 """Synthetic nuScenes and ScanNet sets, rendered with exact geometry and written in the official on-disk layouts.
 
 They let every part of geomim_hf run and be tested end to end on a laptop, with the real nuScenes devkit reading and
-evaluating the data. Command line: ``python -m geomim_hf.data.synthetic {nuscenes,scannet,preview} --help``.
+evaluating the data. Command line: ``python -m geomim_hf.data.synthetic {nuscenes,scannet,preview} --help``
+(``preview`` draws one sample with :func:`geomim_hf.visualization.render_preview`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from pathlib import Path
 
 from .nuscenes_writer import NuScenesSpec, write_nuscenes
 from .output import MARKER_FILE, OutputExistsError, dataset_output_dir
-from .preview import render_preview
 from .scannet_writer import ScanNetSpec, write_scannet
 
 
@@ -38,5 +38,4 @@ __all__ = [
     "ScanNetSpec",
     "generate_nuscenes",
     "generate_scannet",
-    "render_preview",
 ]

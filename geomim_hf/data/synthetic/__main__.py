@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import NuScenesSpec, OutputExistsError, ScanNetSpec, generate_nuscenes, generate_scannet, render_preview
+from ...visualization import render_preview
+from . import NuScenesSpec, OutputExistsError, ScanNetSpec, generate_nuscenes, generate_scannet
 from ..scannet_format import LAYOUTS
 
 
