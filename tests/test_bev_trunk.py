@@ -149,6 +149,11 @@ def test_any_backbone_with_maps_at_strides_16_and_32_is_an_encoder():
     grid = config.bev_config.grid
     assert outputs.head_outputs[0]["heatmap"].shape == (1, 10, grid.num_y, grid.num_x)
     assert torch.isfinite(outputs.bev_features).all()
+    resnet_8_and_32 = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                   layer_type="basic", out_features=["stage2", "stage4"])
+    wrong_strides = tiny_config(tiny_trunk(encoder_config=resnet_8_and_32))
+    with pytest.raises(ValueError, match=r"out_features must name the maps at strides 16 and 32"):
+        GeoMIMForBEVDetection(wrong_strides)(**random_inputs(config))
 
 
 def test_config_errors_name_the_setting():

@@ -272,6 +272,12 @@ class GeoMIMBEVModel(GeoMIMBEVPreTrainedModel):
         """One frame's cameras -> its BEV map (after `pre_process` for BEVDet4D) and depth probabilities."""
         batch, cameras = pixel_values.shape[:2]
         stride16, stride32 = self.encoder(pixel_values.flatten(0, 1)).feature_maps  # (B * N, C_i, h_i, w_i)
+        stride = self.config.feature_stride
+        lifted_size = (pixel_values.shape[-2] // stride, pixel_values.shape[-1] // stride)
+        if tuple(stride16.shape[-2:]) != lifted_size:
+            raise ValueError(f"the encoder's first map is {tuple(stride16.shape[-2:])}, the trunk lifts the stride-"
+                             f"{stride} map {lifted_size}: encoder_config.out_features must name the maps at strides "
+                             f"{stride} and {2 * stride}")
         image_features = self.image_neck(stride16, stride32).unflatten(0, (batch, cameras))  # (B, N, C, h, w)
         frame = self.view_transform(image_features, geometry)
         bev = frame.bev.to(image_features.dtype)
