@@ -61,6 +61,7 @@ def nuscenes_like_batch(config, batch_size: int, device: str) -> dict[str, torch
 def measure(preset: str, device: str, dtype: str, repeats: int, threads: int | None, queue) -> None:
     """One configuration, in its own process: mean forward and training-step time, part shares, peak memory."""
     from geomim_hf.models.bevdet import GeoMIMForBEVDetection, detection_config
+    from geomim_hf.models.inputs import model_inputs
 
     if threads:
         torch.set_num_threads(threads)
@@ -92,13 +93,13 @@ def measure(preset: str, device: str, dtype: str, repeats: int, threads: int | N
             module.register_forward_pre_hook(start)
             module.register_forward_hook(stop)
 
-    def forward():
+    def forward():  # inference: without the training targets, no loss
         with torch.no_grad(), autocast:
-            model.eval()(**{key: value for key, value in batch.items() if not key.startswith("gt_")})
+            model.eval()(**model_inputs(model, batch, targets=False))
 
     def train_step():
         with autocast:
-            model.train()(**batch).loss.backward()
+            model.train()(**model_inputs(model, batch)).loss.backward()
         model.zero_grad(set_to_none=True)
 
     results = {}
@@ -139,12 +140,16 @@ def measure_in_fresh_process(preset: str, device: str, dtype: str, repeats: int,
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="bevdet4d-swinb-256x704")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="bevdet4d-swinb-256x704", help="a detection preset")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         baseline = None

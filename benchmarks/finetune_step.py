@@ -65,14 +65,18 @@ def train_step_seconds(preset: str, device: str = "cpu", dtype: str = "fp32", re
     return detection.measure_in_fresh_process(preset, device, dtype, repeats, threads)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny", "bevdet4d-swinb-256x704"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--loader_samples_per_scene", type=int, default=4,
                         help="synthetic key frames per scene for the loader measurement (3 scenes, 2 train)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from geomim_hf.data.synthetic import generate_nuscenes
 
     finetune = _module(HERE.parent / "examples" / "finetune_bevdet.py", "finetune_bevdet")

@@ -148,8 +148,8 @@ def test_cached_targets_are_the_live_teachers_for_every_flip(script, nuscenes_ro
     teacher_dir, cache_dir = tmp_path / "teacher", tmp_path / "cache"
     random_lidar_teacher(GeoMIMLidarTeacherConfig.small_grid(), seed=0).save_pretrained(teacher_dir)
     importlib.import_module("precompute_teacher_targets").main(
-        ["--dataroot", str(nuscenes_root), "--version", nuscenes_spec.version, "--split", "mini_train", "--teacher",
-         str(teacher_dir), "--output_dir", str(cache_dir), "--num_sweeps", "1"])
+        ["--dataroot", str(nuscenes_root), "--version", nuscenes_spec.version, "--split", "mini_train",
+         "--teacher_name_or_path", str(teacher_dir), "--output_dir", str(cache_dir), "--num_sweeps", "1"])
 
     live_args = script.parse_args(arguments(nuscenes_root, nuscenes_spec, tmp_path / "live",
                                             teacher=("--teacher_name_or_path", str(teacher_dir))))
