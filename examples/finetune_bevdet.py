@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import transformers
 from torch.utils.data import DataLoader
+from transformers.utils import ModelOutput
 
 from geomim_hf import GeoMIMForBEVDetection, GeoMIMImageProcessor, GeoMIMModel, training
 from geomim_hf.data.collate import NuScenesCollator
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                           num_workers=args.dataloader_num_workers,
                           generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
 
-    def step(model: torch.nn.Module, batch: dict, epoch: int):
+    def step(model: torch.nn.Module, batch: dict, epoch: int) -> ModelOutput:
         # BEVDet4D: the previous frame's BEV is zeroed for the first epochs.
         return model(**model_inputs(model, batch, accelerator.device),
                      zero_previous_frame=epoch < args.previous_frame_start_epoch)

@@ -38,7 +38,7 @@ from geomim_hf import GeoMIMForPretraining, GeoMIMModel, GeoMIMPretrainingConfig
 from geomim_hf.data import GeoMIMImageProcessor
 from geomim_hf.data.pretraining_collate import PretrainingCollator
 from geomim_hf.data.training_scenes import TrainingScenes
-from geomim_hf.models.geomim.modeling_geomim_pretraining import bev_cosine_similarity
+from geomim_hf.models.geomim.modeling_geomim_pretraining import GeoMIMForPretrainingOutput, bev_cosine_similarity
 from geomim_hf.models.inputs import model_inputs
 from geomim_hf.models.lidar_teacher import (
     GeoMIMLidarTeacher,
@@ -225,10 +225,10 @@ def main(argv: list[str] | None = None) -> dict:
                           num_workers=args.dataloader_num_workers,
                           generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
 
-    def step(model: torch.nn.Module, batch: dict, epoch: int):
+    def step(model: torch.nn.Module, batch: dict, epoch: int) -> GeoMIMForPretrainingOutput:
         return model(**model_inputs(model, batch, accelerator.device), teacher_features=teacher_targets(batch))
 
-    def reconstruction_cosine(outputs) -> dict[str, torch.Tensor]:
+    def reconstruction_cosine(outputs: GeoMIMForPretrainingOutput) -> dict[str, torch.Tensor]:
         """How well the reconstruction points the teacher's way: the mean cosine over BEV cells, a loss-free view."""
         return {"reconstruction_cosine": bev_cosine_similarity(outputs.reconstruction.detach(),
                                                                outputs.normalized_target).mean()}

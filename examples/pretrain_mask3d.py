@@ -13,9 +13,9 @@ written with the model, its image processor and model card to `OUTPUT_DIR`: `met
 `--config_name` is a preset ("tiny": CPU-sized, learns a small synthetic set in minutes; "base": ViT-B/16 at 240x320)
 or a config file / folder; `--config_overrides "depth_mask_ratio=0.9,fusion=add"` changes fields of it. Training
 defaults (learning rate, epochs, batch size) depend on the preset (`TRAINING_PRESETS`; base's for a config file or
-`--model_name_or_path`). `--model_name_or_path` starts from a Mask3D model
-folder instead, e.g. a ViT converted by `conversion/convert_vit_to_mask3d.py` (the depth stream and decoder are then
-initialised afresh). Other arguments are those of transformers' `no_trainer` examples (`geomim_hf.training`).
+`--model_name_or_path`). `--model_name_or_path` starts from a Mask3D model folder instead, e.g. a ViT converted by
+`conversion/convert_vit_to_mask3d.py` (the depth stream and decoder are then initialised afresh). Other arguments are
+those of transformers' `no_trainer` examples (`geomim_hf.training`).
 
 An epoch is `frames / (processes x batch size)` full batches per process (rounded down to whole accumulation
 groups): streamed scans are split between processes whole, so a process that runs out of frames starts its part

@@ -86,7 +86,7 @@ class _FromPreset:
         return "<the preset's value>"
 
 
-FROM_PRESET = _FromPreset()
+_FROM_PRESET = _FromPreset()
 
 
 def parse_training_args(
@@ -114,12 +114,12 @@ def parse_training_args(
         raise ValueError(f"TRAINING_PRESETS set arguments that the parser does not have: {unknown}")
     defaults = {name: actions[name].default for name in names}
     for name in names:
-        values = ", ".join(f"{preset}: {values[name]}" for preset, values in presets.items() if name in values)
+        per_preset = ", ".join(f"{preset}: {values[name]}" for preset, values in presets.items() if name in values)
         help_text = actions[name].help
         if help_text is not argparse.SUPPRESS:
-            suffix = f"default per --{preset_argument}: {values}".replace("%", "%%")
+            suffix = f"default per --{preset_argument}: {per_preset}".replace("%", "%%")
             actions[name].help = f"{help_text} ({suffix})" if help_text else suffix
-        actions[name].default = FROM_PRESET
+        actions[name].default = _FROM_PRESET
     try:
         args = parser.parse_args(argv)
     finally:
@@ -127,7 +127,7 @@ def parse_training_args(
             actions[name].default = default
     preset = presets.get(getattr(args, preset_argument), presets[fallback])
     for name in names:
-        if getattr(args, name) is FROM_PRESET:
+        if getattr(args, name) is _FROM_PRESET:
             setattr(args, name, preset.get(name, defaults[name]))
     check_training_arguments(parser, args)
     return args
@@ -604,7 +604,6 @@ def train(
 
 
 __all__ = [
-    "FROM_PRESET",
     "EpochEndHook",
     "ExponentialMovingAverage",
     "ResumeState",
