@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 .PHONY: demo test install clean
 
 demo: $(INSTALLED)
-	$(BIN)/python examples/demo.py --out demo_output
+	$(BIN)/python examples/demo.py --output_dir demo_output
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest

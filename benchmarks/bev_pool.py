@@ -242,7 +242,7 @@ def measure_memory_here(config: str, method: str, batch: int) -> None:
 
 def measure_memory(config: str, method: str, batch: int, threads: int) -> tuple[float, float]:
     environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    command = [sys.executable, __file__, "--memory-of", config, method, str(batch), "--threads", str(threads)]
+    command = [sys.executable, __file__, "--memory_of", config, method, str(batch), "--threads", str(threads)]
     output = subprocess.run(command, env=environment, capture_output=True, text=True, check=True).stdout
     forward, training = output.split()[-2:]
     return float(forward), float(training)
@@ -294,14 +294,19 @@ def benchmark(config: str, batch: int, repeats: int, threads: int) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes to measure")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--memory-of", nargs=3, metavar=("CONFIG", "METHOD", "BATCH"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    # One memory measurement in this fresh process (see measure_memory).
+    parser.add_argument("--memory_of", nargs=3, metavar=("CONFIG", "METHOD", "BATCH"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_of:
         config, method, batch = args.memory_of

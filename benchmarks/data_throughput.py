@@ -7,7 +7,7 @@ its tables (a new ``NuScenes`` per sample), then does the same decoding and proc
 Then the training step rate (samples/s at batch 1) of the detection presets it feeds, measured in fresh processes of
 the same run: the loader must outrun the step.
 
-    python benchmarks/data_throughput.py [--image-size 800 450] [--samples-per-scene 5] [--step-presets tiny]
+    python benchmarks/data_throughput.py [--image_size 800 450] [--samples_per_scene 5] [--step_presets tiny]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 # The step-rate measurement runs in spawned processes that must import it by name.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import finetune_step  # noqa: E402
+from geomim_hf import cli
 from geomim_hf.data.collate import NuScenesCollator
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.data.nuscenes import load_nuscenes, nuscenes_database, sample_example
@@ -52,13 +53,19 @@ def naive_rate(root: Path, collate: NuScenesCollator, samples: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--image-size", type=int, nargs=2, default=(800, 450), metavar=("W", "H"))
-    parser.add_argument("--samples-per-scene", type=int, default=5)
-    parser.add_argument("--step-presets", nargs="*", default=["tiny", "bevdet4d-swinb-256x704"],
-                        help="detection presets whose training step rate to print beside the loader's")
-    args = parser.parse_args()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument(parser, "--image_size", deprecated=("--image-size",), type=int, nargs=2, default=(800, 450),
+                     metavar=("W", "H"), help="size of the synthetic camera images")
+    cli.add_argument(parser, "--samples_per_scene", deprecated=("--samples-per-scene",), type=int, default=5)
+    cli.add_argument(parser, "--step_presets", deprecated=("--step-presets",), nargs="*",
+                     default=["tiny", "bevdet4d-swinb-256x704"],
+                     help="detection presets whose training step rate to print beside the loader's")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     collate = NuScenesCollator(GeoMIMImageProcessor.bevdet_finetuning(), augment=True,
                                generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as folder:

@@ -19,9 +19,10 @@ from collections import defaultdict
 
 import torch
 
-PARTS = {"geomim": "encoder", "image_neck": "view transform", "view_transformer": "view transform",
-         "pre_process": "BEV encoder + head", "bev_encoder": "BEV encoder + head", "bev_neck": "BEV encoder + head",
-         "head": "BEV encoder + head"}
+# The detector's modules (paths in the model) and the part of the time each counts towards.
+PARTS = {"bev_model.encoder": "encoder", "bev_model.image_neck": "view transform",
+         "bev_model.view_transform": "view transform", "bev_model.pre_process": "BEV encoder + head",
+         "bev_model.bev_encoder": "BEV encoder + head", "head": "BEV encoder + head"}
 
 
 def nuscenes_like_batch(config, batch_size: int, device: str) -> dict[str, torch.Tensor]:
@@ -29,7 +30,7 @@ def nuscenes_like_batch(config, batch_size: int, device: str) -> dict[str, torch
     frame 2 m behind, and a few boxes for the loss."""
     import math
 
-    height, width = config.image_size
+    height, width = config.bev_config.image_size
     cameras = 6
     scale = width / 1600
     intrinsics = torch.tensor([[1266.0 * scale, 0, 800 * scale], [0, 1266.0 * scale, 450 * scale], [0, 0, 1]])
@@ -52,7 +53,7 @@ def nuscenes_like_batch(config, batch_size: int, device: str) -> dict[str, torch
         "gt_boxes": boxes.repeat(batch_size, 1, 1),
         "gt_labels": torch.tensor([[0, 8]]).repeat(batch_size, 1),
     }
-    if config.num_previous_frames:
+    if config.bev_config.num_previous_frames:
         batch |= {"previous_pixel_values": torch.randn(batch_size, cameras, 3, height, width),
                   "previous_camera_to_ego": previous}
     return {key: value.to(device) for key, value in batch.items()}
@@ -60,12 +61,13 @@ def nuscenes_like_batch(config, batch_size: int, device: str) -> dict[str, torch
 
 def measure(preset: str, device: str, dtype: str, repeats: int, threads: int | None, queue) -> None:
     """One configuration, in its own process: mean forward and training-step time, part shares, peak memory."""
-    from geomim_hf.models.bevdet import GeoMIMForBEVDetection, detection_config
+    from geomim_hf.models.bevdet import GeoMIMBEVDetectionConfig, GeoMIMForBEVDetection
+    from geomim_hf.models.inputs import model_inputs
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    config = detection_config(preset)
+    config = GeoMIMBEVDetectionConfig.from_preset(preset)
     model = GeoMIMForBEVDetection(config).to(device)
     batch = nuscenes_like_batch(config, 1, device)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bf16")
@@ -86,19 +88,20 @@ def measure(preset: str, device: str, dtype: str, repeats: int, threads: int | N
         return start, stop
 
     for name in PARTS:
-        module = getattr(model, name)
+        module = model.get_submodule(name) if model.bev_model.pre_process is not None or "pre_process" not in name \
+            else None
         if module is not None:
             start, stop = timed(name)
             module.register_forward_pre_hook(start)
             module.register_forward_hook(stop)
 
-    def forward():
+    def forward():  # inference: without the training targets, no loss
         with torch.no_grad(), autocast:
-            model.eval()(**{key: value for key, value in batch.items() if not key.startswith("gt_")})
+            model.eval()(**model_inputs(model, batch, targets=False))
 
     def train_step():
         with autocast:
-            model.train()(**batch).loss.backward()
+            model.train()(**model_inputs(model, batch)).loss.backward()
         model.zero_grad(set_to_none=True)
 
     results = {}
@@ -139,12 +142,16 @@ def measure_in_fresh_process(preset: str, device: str, dtype: str, repeats: int,
     return report
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="bevdet4d-swinb-256x704")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="bevdet4d-swinb-256x704", help="a detection preset")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         baseline = None

@@ -40,16 +40,17 @@ def loader_rate(preset: str, root: Path, num_workers: int) -> float:
     """Training samples per second through the finetuning script's data path for `preset`."""
     from geomim_hf.data.collate import NuScenesCollator
     from geomim_hf.data.nuscenes import load_nuscenes
-    from geomim_hf.models.bevdet import detection_config
+    from geomim_hf.models.bevdet import GeoMIMBEVDetectionConfig
 
     finetune = _module(HERE.parent / "examples" / "finetune_bevdet.py", "finetune_bevdet")
-    config = detection_config(preset)
+    config = GeoMIMBEVDetectionConfig.from_preset(preset)
+    trunk = config.bev_config
     defaults = finetune.TRAINING_PRESETS[preset]
-    collate = NuScenesCollator(finetune.detection_processor(preset, config.image_size), augment=defaults["augment"],
-                               depth_downsample=config.feature_stride if config.depth_loss_weight else None,
-                               previous_frames=config.num_previous_frames, seed=0)
+    collate = NuScenesCollator(finetune.detection_processor(preset, trunk.image_size), augment=defaults["augment"],
+                               depth_downsample=trunk.feature_stride if config.depth_loss_weight else None,
+                               previous_frames=trunk.num_previous_frames, class_names=config.class_names, seed=0)
     dataset = load_nuscenes(root, "v1.0-mini", "mini_train", num_sweeps=defaults["num_sweeps"],
-                            previous_frames=config.num_previous_frames, decode_images=False)
+                            previous_frames=trunk.num_previous_frames, decode_images=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=num_workers, collate_fn=collate)
     iterator = iter(loader)
     next(iterator)  # worker start-up and the devkit's tables are not the steady state
@@ -65,14 +66,18 @@ def train_step_seconds(preset: str, device: str = "cpu", dtype: str = "fp32", re
     return detection.measure_in_fresh_process(preset, device, dtype, repeats, threads)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["tiny", "bevdet4d-swinb-256x704"])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--loader_samples_per_scene", type=int, default=4,
                         help="synthetic key frames per scene for the loader measurement (3 scenes, 2 train)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from geomim_hf.data.synthetic import generate_nuscenes
 
     finetune = _module(HERE.parent / "examples" / "finetune_bevdet.py", "finetune_bevdet")

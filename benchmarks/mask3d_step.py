@@ -2,7 +2,7 @@
 the same size, in one process.
 
     python benchmarks/mask3d_step.py                          # CPU: batch 2, 1 warm-up and 3 timed steps
-    python benchmarks/mask3d_step.py --device cuda --batch_size 32 --warmup 3 --repeats 10
+    python benchmarks/mask3d_step.py --device cuda --per_device_train_batch_size 32 --warmup 3 --repeats 10
 
 A step is forward, backward and an AdamW update, in fp32 and under bf16 autocast, for randomly initialised models
 with their default masking (75 % of the RGB patches; Mask3D also masks 75 % of the depth patches). ViTMAE gets the
@@ -24,7 +24,8 @@ import torch
 from encoder import measure  # the timing and peak-memory harness of benchmarks/encoder.py
 from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
-from geomim_hf import Mask3DConfig, Mask3DForDepthPretraining
+from geomim_hf import Mask3DConfig, Mask3DForDepthPretraining, cli
+from geomim_hf.models.inputs import model_inputs
 
 IMAGE_SIZE = (240, 320)
 
@@ -42,14 +43,13 @@ def models() -> dict[str, torch.nn.Module]:
 
 def training_step(name: str, model: torch.nn.Module, batch: dict, device: torch.device, bf16: bool):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # ViTMAE takes the RGB of the batch only, at the rectangular size by interpolating its square position table.
+    options = {"interpolate_pos_encoding": True} if name == "vitmae" else {}
 
     def step() -> None:
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with autocast:
-            if name == "vitmae":
-                loss = model(pixel_values=batch["pixel_values"], interpolate_pos_encoding=True).loss
-            else:
-                loss = model(pixel_values=batch["pixel_values"], depth_values=batch["depth_values"]).loss
+            loss = model(**model_inputs(model, batch), **options).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -57,19 +57,25 @@ def training_step(name: str, model: torch.nn.Module, batch: dict, device: torch.
     return step
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch_size", type=int, default=2)
+    cli.add_argument(parser, "--per_device_train_batch_size", deprecated=("--batch_size",), type=int, default=2,
+                     help="frames per training step")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps (the fastest is kept)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     device = torch.device(args.device)
-    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} batch={args.batch_size} "
+    batch_size = args.per_device_train_batch_size
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} batch={batch_size} "
           f"input={IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}")
     generator = torch.Generator().manual_seed(0)
-    batch = {"pixel_values": torch.randn(args.batch_size, 3, *IMAGE_SIZE, generator=generator).to(device),
-             "depth_values": (0.5 + 5 * torch.rand(args.batch_size, *IMAGE_SIZE, generator=generator)).to(device)}
+    batch = {"pixel_values": torch.randn(batch_size, 3, *IMAGE_SIZE, generator=generator).to(device),
+             "depth_values": (0.5 + 5 * torch.rand(batch_size, *IMAGE_SIZE, generator=generator)).to(device)}
     candidates = {name: model.to(device).train() for name, model in models().items()}
     for precision in ("fp32", "bf16"):
         results = {}

@@ -7,6 +7,7 @@ measured in the same process.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +47,13 @@ def time_cameras(spec: NuScenesSpec, windowed: bool) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parse_args(argv)
     spec = NuScenesSpec(scenes=2, samples_per_scene=10, sweeps=9, image_size=(704, 256))
     seconds = time_generation(spec)
     print(f"config=nuscenes_2x10_704x256_9sweeps seconds={seconds:.1f} target_s={TARGET_SECONDS:.0f} "

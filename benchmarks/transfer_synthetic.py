@@ -9,7 +9,8 @@ evaluated with the nuScenes devkit on held-out scenes (`mini_val`). Prints
 
     map_geomim=... map_random=... nds_geomim=... nds_random=...
 
-    python benchmarks/transfer_synthetic.py [--scenes 6] [--pretrain_steps 400] [--finetune_steps 300] [--out DIR]
+    python benchmarks/transfer_synthetic.py [--scenes 6] [--pretrain_steps 400] [--finetune_steps 300] \\
+        [--output_dir DIR]
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from geomim_hf import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE_CPU = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
                   "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -32,28 +35,34 @@ def run(command: list[str]) -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "TQDM_DISABLE": "1"})
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenes", type=int, default=6, help="synthetic scenes (about a fifth are held out)")
     parser.add_argument("--samples_per_scene", type=int, default=10)
     parser.add_argument("--pretrain_steps", type=int, default=400)
     parser.add_argument("--finetune_steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="keep everything here (default: a temporary folder)")
-    args = parser.parse_args()
+    cli.add_argument(parser, "--output_dir", deprecated=("--out",), type=Path, default=None,
+                     help="keep everything here (default: a temporary folder)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     from geomim_hf.data.synthetic import generate_nuscenes
 
     with tempfile.TemporaryDirectory() as temporary:
-        out = args.out or Path(temporary)
+        out = args.output_dir or Path(temporary)
         start = time.perf_counter()
         root = generate_nuscenes(out / "nuscenes", scenes=args.scenes, samples_per_scene=args.samples_per_scene,
                                  sweeps=0, image_size=(352, 128), seed=args.seed, progress=False, overwrite=True)
         data = ["--dataroot", str(root), "--version", "v1.0-mini"]
         run([sys.executable, str(ROOT / "conversion" / "convert_bevfusion_lidar_teacher.py"), "--random_init",
-             "small_grid", "--seed", str(args.seed), "--output_dir", str(out / "teacher"), "--overwrite"])
+             "small_grid", "--seed", str(args.seed), "--output_dir", str(out / "teacher"),
+             "--overwrite_output_dir"])
         run([sys.executable, str(ROOT / "examples" / "precompute_teacher_targets.py"), *data, "--split",
-             "mini_train", "--teacher", str(out / "teacher"), "--num_sweeps", "1", "--output_dir",
-             str(out / "targets"), "--overwrite"])
+             "mini_train", "--teacher_name_or_path", str(out / "teacher"), "--num_sweeps", "1", "--output_dir",
+             str(out / "targets"), "--overwrite_output_dir"])
         run([*ACCELERATE_CPU, str(ROOT / "examples" / "pretrain_geomim.py"), *data, "--train_split", "mini_train",
              "--config_name", "tiny", "--teacher_cache", str(out / "targets"), "--num_sweeps", "1",
              "--max_train_steps", str(args.pretrain_steps), "--seed", str(args.seed), "--output_dir",

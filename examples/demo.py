@@ -19,13 +19,15 @@ from pathlib import Path
 
 import torch
 
-from geomim_hf import GeoMIMModel
+from geomim_hf import GeoMIMModel, cli
 from geomim_hf.data.collate import NuScenesCollator
 from geomim_hf.data.image_processing_geomim import GeoMIMImageProcessor
 from geomim_hf.data.nuscenes import load_nuscenes
 from geomim_hf.data.nuscenes_constants import CATEGORY_TO_DETECTION_CLASS
 from geomim_hf.data.scannet import load_scannet
-from geomim_hf.data.synthetic import NuScenesSpec, ScanNetSpec, generate_nuscenes, generate_scannet, render_preview
+from geomim_hf.data.synthetic import NuScenesSpec, ScanNetSpec, generate_nuscenes, generate_scannet
+from geomim_hf.visualization import render_preview
+from geomim_hf.models.inputs import model_inputs
 
 
 def _step(title: str) -> None:
@@ -90,20 +92,22 @@ def synthetic_geomim_checkpoint(path: Path, embed_dim: int = 32, depths=(2, 2, 2
     return path
 
 
-def convert_and_encode(out: Path, pixel_values: torch.Tensor) -> None:
+def convert_and_encode(out: Path, batch: dict) -> None:
     checkpoint = synthetic_geomim_checkpoint(out / "checkpoints" / "geomim_synthetic.pth")
     model_dir = out / "geomim-swin-synthetic"
     script = Path(__file__).resolve().parent.parent / "conversion" / "convert_geomim_swin_to_hf.py"
     subprocess.run([sys.executable, str(script), "--checkpoint", str(checkpoint), "--output_dir", str(model_dir),
-                    "--overwrite"], check=True)
+                    "--overwrite_output_dir"], check=True)
     model = GeoMIMModel.from_pretrained(model_dir).eval()
+    inputs = model_inputs(model, batch, targets=False)  # the entries of the batch that the encoder takes
     with torch.no_grad():
-        outputs = model(pixel_values)
-    print(f"reloaded {type(model).__name__} from {model_dir}; the demo batch {tuple(pixel_values.shape)} gives "
-          f"feature maps {[tuple(f.shape) for f in outputs.feature_maps]}")
+        outputs = model(**inputs)
+    feature_maps = [tuple(feature_map.shape) for feature_map in outputs.feature_maps]
+    print(f"reloaded {type(model).__name__} from {model_dir}; it takes {sorted(inputs)} of the demo batch "
+          f"({tuple(inputs['pixel_values'].shape)}) and gives feature maps {feature_maps}")
 
 
-def print_training_batch(nuscenes_root: Path, version: str, scannet_root: Path) -> torch.Tensor:
+def print_training_batch(nuscenes_root: Path, version: str, scannet_root: Path) -> dict:
     dataset = load_nuscenes(nuscenes_root, version, split="mini_train", num_sweeps=10)
     collate = NuScenesCollator(GeoMIMImageProcessor.bevdet_finetuning(), augment=True,
                                generator=torch.Generator().manual_seed(0))
@@ -115,7 +119,7 @@ def print_training_batch(nuscenes_root: Path, version: str, scannet_root: Path) 
     frame = next(iter(load_scannet(scannet_root, split="train")))
     print(f"ScanNet frame {frame['scene_id']}/{frame['frame_index']}: image {frame['image'].size}, "
           f"depth {frame['depth'].shape} metres, label space {frame['label_space']}")
-    return batch["pixel_values"]
+    return batch
 
 
 EXAMPLES = Path(__file__).resolve().parent
@@ -133,11 +137,12 @@ def pretrain_geomim(out: Path, nuscenes_root: Path, version: str) -> Path:
 
     teacher_dir, cache_dir, output_dir = out / "lidar-teacher", out / "teacher-targets", out / "geomim-pretrain-tiny"
     subprocess.run([sys.executable, str(EXAMPLES.parent / "conversion" / "convert_bevfusion_lidar_teacher.py"),
-                    "--random_init", "small_grid", "--seed", "0", "--output_dir", str(teacher_dir), "--overwrite"],
+                    "--random_init", "small_grid", "--seed", "0", "--output_dir", str(teacher_dir),
+                    "--overwrite_output_dir"],
                    check=True, stdout=subprocess.DEVNULL)
     subprocess.run([sys.executable, str(EXAMPLES / "precompute_teacher_targets.py"), "--dataroot", str(nuscenes_root),
-                    "--version", version, "--split", "mini_train", "--teacher", str(teacher_dir), "--num_sweeps", "1",
-                    "--output_dir", str(cache_dir), "--overwrite"], check=True)
+                    "--version", version, "--split", "mini_train", "--teacher_name_or_path", str(teacher_dir),
+                    "--num_sweeps", "1", "--output_dir", str(cache_dir), "--overwrite_output_dir"], check=True)
     subprocess.run([*ACCELERATE_CPU, str(EXAMPLES / "pretrain_geomim.py"), "--dataroot", str(nuscenes_root),
                     "--version", version, "--train_split", "mini_train", "--config_name", "tiny", "--teacher_cache",
                     str(cache_dir), "--num_sweeps", "1", "--max_train_steps", "20", "--output_dir", str(output_dir),
@@ -174,9 +179,10 @@ def reload_and_visualize(out: Path, detector_dir: Path, nuscenes_root: Path, ver
     from geomim_hf.data.nuscenes import split_sample_tokens
 
     evaluation_dir = out / "bevdet-tiny-reloaded"
-    subprocess.run([sys.executable, str(EXAMPLES / "evaluate_bevdet.py"), "--model", str(detector_dir),
+    subprocess.run([sys.executable, str(EXAMPLES / "evaluate_bevdet.py"), "--model_name_or_path", str(detector_dir),
                     "--dataroot", str(nuscenes_root), "--version", version, "--split", DEMO_EVAL_SPLIT,
-                    "--output_dir", str(evaluation_dir), "--num_workers", "0"], check=True, stdout=subprocess.DEVNULL)
+                    "--output_dir", str(evaluation_dir), "--dataloader_num_workers", "0"], check=True,
+                   stdout=subprocess.DEVNULL)
     trained = json.loads((detector_dir / "results_nusc.json").read_text())["results"]
     reloaded = json.loads((evaluation_dir / "results_nusc.json").read_text())["results"]
     if trained != reloaded:
@@ -184,9 +190,9 @@ def reload_and_visualize(out: Path, detector_dir: Path, nuscenes_root: Path, ver
     print(f"reloaded {detector_dir} with from_pretrained: the same {sum(map(len, reloaded.values()))} boxes on "
           f"{len(reloaded)} samples")
     token = split_sample_tokens(nuscenes_root, version, DEMO_EVAL_SPLIT)[5]
-    subprocess.run([sys.executable, str(EXAMPLES / "visualize_bevdet.py"), "--model", str(detector_dir),
+    subprocess.run([sys.executable, str(EXAMPLES / "visualize_bevdet.py"), "--model_name_or_path", str(detector_dir),
                     "--dataroot", str(nuscenes_root), "--version", version, "--sample_token", token,
-                    "--out", str(out / "detections.png")], check=True)
+                    "--output_dir", str(out)], check=True)
 
 
 def pretrain_mask3d(out: Path) -> None:
@@ -199,7 +205,7 @@ def pretrain_mask3d(out: Path) -> None:
     output_dir = out / "mask3d-tiny"
     # One thread: a tiny model gains nothing from a second one and loses much when the cores are busy.
     subprocess.run([*ACCELERATE_CPU, str(EXAMPLES / "pretrain_mask3d.py"),
-                    "--root", str(root), "--config_name", "tiny", "--output_dir", str(output_dir),
+                    "--dataroot", str(root), "--config_name", "tiny", "--output_dir", str(output_dir),
                     "--overwrite_output_dir"], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     metrics = json.loads((output_dir / "metrics.json").read_text())
     print(f"held-out room, {metrics['num_frames']} frames, model vs per-frame mean depth: "
@@ -209,10 +215,16 @@ def pretrain_mask3d(out: Path) -> None:
           f"wrote {output_dir / 'reconstructions.png'}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("demo_output"))
-    args = parser.parse_args()
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument(parser, "--output_dir", deprecated=("--out",), type=Path, default=Path("demo_output"),
+                     help="folder for everything the demo writes (it owns the folder: earlier demo output is replaced)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = args.output_dir
     start = time.perf_counter()
     nuscenes_spec, scannet_spec = NuScenesSpec(), ScanNetSpec()
 
@@ -220,35 +232,35 @@ def main() -> None:
           f"{nuscenes_spec.samples_per_scene} samples, {nuscenes_spec.sweeps} sweeps, "
           f"{nuscenes_spec.image_size[0]}x{nuscenes_spec.image_size[1]} cameras")
     # The demo owns its output folder; the generator still refuses to replace anything it did not write itself.
-    nuscenes_root = generate_nuscenes(args.out / "nuscenes", overwrite=True)
+    nuscenes_root = generate_nuscenes(out / "nuscenes", overwrite=True)
     summarise_nuscenes(nuscenes_root, nuscenes_spec.version)
 
     _step(f"2. Synthetic ScanNet ({scannet_spec.layout}): {scannet_spec.scenes} scans x {scannet_spec.frames} frames")
-    scannet_root = generate_scannet(args.out / "scannet", overwrite=True)
+    scannet_root = generate_scannet(out / "scannet", overwrite=True)
     summarise_scannet(scannet_root)
 
     _step("3. Previews")
     for dataset in (nuscenes_root, scannet_root):
-        print(f"wrote {render_preview(dataset, args.out / f'preview_{dataset.name}.png').resolve()}")
+        print(f"wrote {render_preview(dataset, out / f'preview_{dataset.name}.png').resolve()}")
 
     _step("4. Streaming data layer: one training batch")
-    pixel_values = print_training_batch(nuscenes_root, nuscenes_spec.version, scannet_root)
+    batch = print_training_batch(nuscenes_root, nuscenes_spec.version, scannet_root)
 
     _step("5. GeoMIM encoder: convert an original-layout checkpoint, reload it with from_pretrained, encode the batch")
-    convert_and_encode(args.out, pixel_values)
+    convert_and_encode(out, batch)
 
     _step("6. GeoMIM pretraining: a LiDAR teacher's BEV targets cached once, then a few masked pretraining steps")
-    encoder = pretrain_geomim(args.out, nuscenes_root, nuscenes_spec.version)
+    encoder = pretrain_geomim(out, nuscenes_root, nuscenes_spec.version)
 
     _step("7. BEV detection: finetune the tiny preset from that encoder with accelerate launch, evaluate with the "
           "nuScenes devkit (on the training scene)")
-    detector_dir = finetune_detector(args.out, nuscenes_root, nuscenes_spec.version, encoder)
+    detector_dir = finetune_detector(out, nuscenes_root, nuscenes_spec.version, encoder)
 
     _step("8. Reload the detector with from_pretrained: the same predictions; draw them")
-    reload_and_visualize(args.out, detector_dir, nuscenes_root, nuscenes_spec.version)
+    reload_and_visualize(out, detector_dir, nuscenes_root, nuscenes_spec.version)
 
     _step("9. Mask3D RGB-D ViT: pretrain the tiny preset on synthetic ScanNet rooms, depth of a held-out room")
-    pretrain_mask3d(args.out)
+    pretrain_mask3d(out)
 
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
 

@@ -1,12 +1,12 @@
 """Depth reconstruction metrics of a Mask3D pretraining checkpoint on a ScanNet split.
 
-    python examples/evaluate_mask3d.py --model DIR_OR_ID --root SCANNET_ROOT --split val --output_dir O
+    python examples/evaluate_mask3d.py --model_name_or_path DIR_OR_ID --dataroot SCANNET_ROOT --split val --output_dir O
     accelerate launch examples/evaluate_mask3d.py ...   # several processes / mixed precision
 
 Prints the metrics as one JSON object and writes `O/metrics.json` and `O/reconstructions.png`: AbsRel, RMSE and
 delta < 1.25 over the pixels with true depth in (0, 10] m, per frame then over frames, with the pretraining masks drawn
 from `--seed` (the same numbers as `examples/pretrain_mask3d.py` reports for the same split and seed), next to the
-baseline that fills each frame with its own mean depth (see `geomim_hf.models.mask3d.evaluation_mask3d`).
+baseline that fills each frame with its own mean depth (see `geomim_hf.evaluation.scannet`).
 """
 
 from __future__ import annotations
@@ -19,15 +19,17 @@ from pathlib import Path
 from accelerate import Accelerator
 from transformers import ViTImageProcessor
 
-from geomim_hf import Mask3DForDepthPretraining, training
+from geomim_hf import Mask3DForDepthPretraining, cli, training
 from geomim_hf.data.scannet_rgbd import ScanNetRGBDCollator, mask3d_image_processor, scannet_rgbd_loader
-from geomim_hf.models.mask3d.evaluation_mask3d import evaluate_depth
+from geomim_hf.evaluation.scannet import evaluate_depth
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="Mask3D pretraining folder or Hub id (with its depth decoder)")
-    parser.add_argument("--root", type=Path, required=True, help="ScanNet root with scannetv2_<split>.txt")
+    cli.add_argument(parser, "--model_name_or_path", deprecated=("--model",), required=True,
+                     help="Mask3D pretraining folder or Hub id (with its depth decoder)")
+    cli.add_argument(parser, "--dataroot", deprecated=("--root",), type=Path, required=True,
+                     help="ScanNet root with scannetv2_<split>.txt")
     parser.add_argument("--split", default="val")
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--layout", choices=("frames_25k", "exported"), default=None,
@@ -58,23 +60,23 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     accelerator = Accelerator()
     try:
-        model = load_pretraining_model(args.model)
+        model = load_pretraining_model(args.model_name_or_path)
     except ValueError as error:
         sys.exit(f"error: {error}")
     try:
-        processor = ViTImageProcessor.from_pretrained(args.model)
+        processor = ViTImageProcessor.from_pretrained(args.model_name_or_path)
     except OSError:  # no preprocessor_config.json: the default Mask3D input at the model's size
         processor = mask3d_image_processor(model.config.image_size)
     model = accelerator.prepare(model)
-    loader = scannet_rgbd_loader(args.root, args.split, ScanNetRGBDCollator(processor), args.per_device_eval_batch_size,
-                                 layout=args.layout, rank=accelerator.process_index,
+    loader = scannet_rgbd_loader(args.dataroot, args.split, ScanNetRGBDCollator(processor),
+                                 args.per_device_eval_batch_size, layout=args.layout, rank=accelerator.process_index,
                                  world_size=accelerator.num_processes, max_samples=args.max_eval_samples,
                                  num_workers=args.dataloader_num_workers)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_depth(accelerator.unwrap_model(model), loader, accelerator, seed=args.seed,
                              figure_path=args.output_dir / "reconstructions.png", image_mean=processor.image_mean,
                              image_std=processor.image_std, figure_frames=args.num_figure_frames)
-    metrics |= {"model": args.model, "split": args.split, "seed": args.seed}
+    metrics |= {"model": args.model_name_or_path, "split": args.split, "seed": args.seed}
     training.save_metrics(args.output_dir, metrics, accelerator)
     if accelerator.is_main_process:
         print(json.dumps(metrics))

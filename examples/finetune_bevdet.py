@@ -1,7 +1,7 @@
 """Finetune a BEV 3D detector (`GeoMIMForBEVDetection`) on nuScenes and evaluate it with the official devkit.
 
-    accelerate launch examples/finetune_bevdet.py --dataroot data/nuscenes --version v1.0-trainval \
-        --train_split train --eval_split val --model_name_or_path geomim/swin-base \
+    accelerate launch examples/finetune_bevdet.py --dataroot data/nuscenes --version v1.0-trainval \\
+        --train_split train --eval_split val --model_name_or_path geomim/swin-base \\
         --config_name bevdet4d-swinb-256x704 --output_dir bevdet4d-geomim
 
 Follows transformers' `no_trainer` examples: one `Accelerator` (processes, devices and mixed precision come from
@@ -32,20 +32,23 @@ from pathlib import Path
 import torch
 import transformers
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from transformers.utils import ModelOutput
 
 from geomim_hf import GeoMIMForBEVDetection, GeoMIMImageProcessor, GeoMIMModel, training
 from geomim_hf.data.collate import NuScenesCollator
 from geomim_hf.data.image_processing_geomim import nuscenes_resize
 from geomim_hf.data.training_scenes import TrainingScenes
-from geomim_hf.evaluation import evaluate_detector, format_metrics, model_inputs
+from geomim_hf.evaluation import evaluate_detector, format_metrics
 from geomim_hf.hub import write_model_card
-from geomim_hf.models.bevdet import DETECTION_PRESETS, GeoMIMBEVDetectionConfig, detection_config
+from geomim_hf.models.bev import GeoMIMBEVConfig
+from geomim_hf.models.bevdet import DETECTION_PRESETS, GeoMIMBEVDetectionConfig
+from geomim_hf.models.inputs import model_inputs
 
 logger = logging.getLogger(__name__)
 MODEL_CARD = Path(__file__).resolve().parent.parent / "model_cards" / "geomim-bevdet-finetuned.md"
 
-# Training defaults per preset; any argument given on the command line wins.
+# Training defaults per --config_name preset (a config file trains with tiny's); an argument given on the command line
+# always wins.
 TRAINING_PRESETS = {
     # bevdet-swinb-4d-256x704-cbgs-geomim.py: AdamW 2e-4, wd 0.05, layer decay 0.8, 200 warm-up steps, clip 5,
     # 20 epochs of CBGS at 4 samples per GPU, EMA, previous frame zeroed for the first 2 epochs.
@@ -92,11 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="BEVDet4D: zero the previous frame's BEV before this epoch")
     model.add_argument("--eval_every_epochs", type=int, default=None, help="also evaluate every N epochs (0: end)")
     training.add_training_arguments(parser)
-    # Training arguments not given on the command line take the preset's values: parse once to find the preset.
-    preset_name = parser.parse_known_args(argv)[0].config_name
-    parser.set_defaults(**TRAINING_PRESETS.get(preset_name, TRAINING_PRESETS["tiny"]))
-    args = parser.parse_args(argv)
-    training.check_training_arguments(parser, args)
+    args = training.parse_training_args(parser, argv, TRAINING_PRESETS, fallback="tiny")
     if not args.dataroot.is_dir():
         parser.error(f"--dataroot {args.dataroot} is not a folder")
     if args.config_name not in DETECTION_PRESETS and not Path(args.config_name).is_file():
@@ -105,28 +104,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def with_image_size(config: GeoMIMBEVDetectionConfig, image_size: list[int] | None) -> GeoMIMBEVDetectionConfig:
+    """`config` with its trunk built for `image_size` (re-validated), or as it is without one."""
+    if image_size is not None:
+        config.bev_config = GeoMIMBEVConfig.from_dict({**config.bev_config.to_dict(), "image_size": list(image_size)})
+    return config
+
+
 def load_model(args: argparse.Namespace) -> tuple[GeoMIMForBEVDetection, GeoMIMImageProcessor]:
     """The detector and its image processor, from `--model_name_or_path` and `--config_name`."""
-    overrides = {"image_size": list(args.image_size)} if args.image_size else {}
     preset = args.config_name if args.config_name in DETECTION_PRESETS else None
     source_type = None
     if args.model_name_or_path:
         source_type = transformers.AutoConfig.from_pretrained(args.model_name_or_path).model_type
     if source_type == GeoMIMBEVDetectionConfig.model_type:
-        model = GeoMIMForBEVDetection.from_pretrained(args.model_name_or_path, **overrides)
+        config = with_image_size(GeoMIMBEVDetectionConfig.from_pretrained(args.model_name_or_path), args.image_size)
+        model = GeoMIMForBEVDetection.from_pretrained(args.model_name_or_path, config=config)
     else:
         encoder = GeoMIMModel.from_pretrained(args.model_name_or_path) if source_type == "geomim" else None
         if source_type not in (None, "geomim"):
             raise ValueError(f"--model_name_or_path {args.model_name_or_path} is a {source_type!r} model, neither a "
                              f"GeoMIMModel encoder nor a GeoMIMForBEVDetection")
         if preset is not None:
-            config = detection_config(preset, None if encoder is None else encoder.config, **overrides)
+            config = GeoMIMBEVDetectionConfig.from_preset(preset, None if encoder is None else encoder.config)
         else:
             config = GeoMIMBEVDetectionConfig.from_json_file(args.config_name)
-            config.update(overrides)
-        model = GeoMIMForBEVDetection(config)
+        model = GeoMIMForBEVDetection(with_image_size(config, args.image_size))
         if encoder is not None:
-            model.geomim.load_state_dict(encoder.state_dict(), strict=True)
+            model.bev_model.encoder.geomim.load_state_dict(encoder.state_dict(), strict=True)
+    image_size = model.config.bev_config.image_size
     processor = None
     if args.model_name_or_path:
         try:
@@ -134,8 +140,8 @@ def load_model(args: argparse.Namespace) -> tuple[GeoMIMForBEVDetection, GeoMIMI
         except OSError:  # an encoder saved without preprocessor_config.json
             processor = None
     if processor is None:
-        processor = detection_processor(preset or "tiny", model.config.image_size)
-    processor.size = {"height": model.config.image_size[0], "width": model.config.image_size[1]}
+        processor = detection_processor(preset or "tiny", image_size)
+    processor.size = {"height": image_size[0], "width": image_size[1]}
     return model, processor
 
 
@@ -154,7 +160,7 @@ def swin_layer_id(name: str, depths: list[int]) -> int:
     """BEVDet's `LayerDecayOptimizerConstructor` ids: patch embedding and position embedding 0, block j of stage i
     `sum(depths[:i]) + j + 1`, the merging after stage i the id of the next stage's first block, everything else
     (output norms, neck, view transform, BEV encoder, head) `sum(depths) + 1`."""
-    parts = name.split(".")
+    parts = name.removeprefix("bev_model.encoder.").split(".")
     if parts[:2] == ["geomim", "embeddings"]:
         return 0
     if parts[:3] == ["geomim", "encoder", "layers"]:
@@ -173,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     config = model.config
     logger.info(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
 
-    depths = config.encoder_config.depths
+    trunk = config.bev_config
+    depths = trunk.encoder_config.depths
     layer_id = (lambda name: swin_layer_id(name, depths)) if args.layer_decay != 1.0 else None
     groups = training.parameter_groups(model, args.learning_rate, args.weight_decay, layer_id=layer_id,
                                        num_layers=sum(depths) + 2, layer_decay=args.layer_decay)
@@ -185,78 +192,45 @@ def main(argv: list[str] | None = None) -> None:
                              seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size)
     print_from_this_process(accelerator, f"training scenes: {json.dumps(samples.scenes)}")
     batches_per_epoch = samples.batches_per_epoch()
-    steps_per_epoch, max_train_steps, num_epochs = training.training_steps(args, batches_per_epoch)
-    # accelerate's prepared scheduler steps once per process for every optimiser step (as in the no_trainer examples).
-    scheduler = transformers.get_scheduler(args.lr_scheduler_type, optimizer,
-                                           num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
-                                           num_training_steps=max_train_steps * accelerator.num_processes)
+    length = training.training_steps(args, batches_per_epoch)
+    scheduler = training.make_scheduler(args, optimizer, length.max_train_steps, accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    ema = None
-    if args.ema:
-        # BEVDet's MEGVII EMA hook starts its counter at 10560 updates, i.e. at decay ~0.994.
-        ema = training.ExponentialMovingAverage(accelerator.unwrap_model(model),
-                                                decay=training.megvii_ema_decay, updates=10560)
-        accelerator.register_for_checkpointing(ema)
-    resumed = training.resume(accelerator, args, batches_per_epoch)
+    # BEVDet's MEGVII EMA hook starts its counter at 10560 updates, i.e. at decay ~0.994.
+    ema = training.ExponentialMovingAverage(accelerator.unwrap_model(model), decay=training.megvii_ema_decay,
+                                            updates=10560) if args.ema else None
 
-    collate = NuScenesCollator(processor, augment=args.augment, depth_downsample=config.feature_stride
-                               if config.depth_loss_weight > 0 else None, depth_range=tuple(config.depth_bins[:2]),
-                               previous_frames=config.num_previous_frames)
-    progress = tqdm(range(max_train_steps), initial=resumed.completed_steps, disable=not accelerator.is_main_process,
-                    desc="finetuning")
-    completed_steps = resumed.completed_steps
-    running = {}
-    model.train()
-    for epoch in range(resumed.starting_epoch, num_epochs):
+    collate = NuScenesCollator(processor, augment=args.augment, depth_downsample=trunk.feature_stride
+                               if config.depth_loss_weight > 0 else None, depth_range=tuple(trunk.depth_bins[:2]),
+                               previous_frames=trunk.num_previous_frames, class_names=config.class_names)
+
+    def epoch_batches(epoch: int) -> DataLoader:
         collate.seed = args.seed * 1_000_003 + epoch  # augmentation: a function of the seed, epoch and samples
-        dataset = samples.dataset(epoch, num_sweeps=args.num_sweeps, previous_frames=config.num_previous_frames,
+        dataset = samples.dataset(epoch, num_sweeps=args.num_sweeps, previous_frames=trunk.num_previous_frames,
                                   decode_images=False)
         # Its own generator: a loader draws a seed when it starts, which must not move the global random state that
         # a resumed run restores.
-        loader = DataLoader(dataset, collate_fn=collate, batch_size=args.per_device_train_batch_size,
-                            num_workers=args.dataloader_num_workers,
-                            generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
-        skip = resumed.batches_to_skip if epoch == resumed.starting_epoch else 0
-        zero_previous = epoch < args.previous_frame_start_epoch
-        for index, batch in enumerate(training.iterate_batches(loader, skip), start=skip):
-            if index >= batches_per_epoch or completed_steps >= max_train_steps:
-                break
-            with accelerator.accumulate(model):
-                outputs = model(**model_inputs(batch, accelerator.device), zero_previous_frame=zero_previous)
-                accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            for name in ("loss", "loss_heatmap", "loss_bbox", "loss_depth"):
-                if getattr(outputs, name) is not None:
-                    running.setdefault(name, []).append(getattr(outputs, name).detach().float().item())
-            if not accelerator.sync_gradients:
-                continue
-            completed_steps += 1
-            progress.update(1)
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model))
-            if completed_steps % args.logging_steps == 0:
-                logs = {name: sum(values) / len(values) for name, values in running.items()}
-                logs["lr"] = scheduler.get_last_lr()[0]
-                progress.set_postfix(loss=f"{logs['loss']:.3f}")
-                logger.info(f"step {completed_steps}: " + ", ".join(f"{k} {v:.4g}" for k, v in logs.items()))
-                if args.with_tracking:
-                    accelerator.log(logs, step=completed_steps)
-                running = {}
-            training.maybe_save_checkpoint(accelerator, args, completed_steps, epoch, end_of_epoch=False)
-        training.maybe_save_checkpoint(accelerator, args, completed_steps, epoch, end_of_epoch=True)
-        last_epoch = epoch == num_epochs - 1 or completed_steps >= max_train_steps
-        if args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0 and not last_epoch \
-                and args.eval_split != "none":
-            with ema_weights(ema, model, accelerator):
-                metrics = evaluate(model, processor, args, accelerator, output_dir / f"eval_epoch_{epoch}")
-            if args.with_tracking and accelerator.is_main_process:
-                accelerator.log({f"eval/{key}": value for key, value in metrics.items()}, step=completed_steps)
-        if completed_steps >= max_train_steps:
-            break
+        return DataLoader(dataset, collate_fn=collate, batch_size=args.per_device_train_batch_size,
+                          num_workers=args.dataloader_num_workers,
+                          generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
+
+    def step(model: torch.nn.Module, batch: dict, epoch: int) -> ModelOutput:
+        # BEVDet4D: the previous frame's BEV is zeroed for the first epochs.
+        return model(**model_inputs(model, batch, accelerator.device),
+                     zero_previous_frame=epoch < args.previous_frame_start_epoch)
+
+    def evaluate_periodically(epoch: int, completed_steps: int, last_epoch: bool) -> None:
+        # The final evaluation follows training; the periodic ones use the EMA weights when there are any.
+        due = bool(args.eval_every_epochs) and (epoch + 1) % args.eval_every_epochs == 0
+        if last_epoch or not due or args.eval_split == "none":
+            return
+        unwrapped = accelerator.unwrap_model(model)
+        with ema.average_weights(unwrapped) if ema is not None else contextlib.nullcontext():
+            metrics = evaluate(model, processor, args, accelerator, output_dir / f"eval_epoch_{epoch}")
+        if args.with_tracking and accelerator.is_main_process:
+            accelerator.log({f"eval/{key}": value for key, value in metrics.items()}, step=completed_steps)
+
+    result = training.train(accelerator, args, model, optimizer, scheduler, epoch_batches, batches_per_epoch,
+                            step=step, ema=ema, on_epoch_end=evaluate_periodically, description="finetuning")
 
     accelerator.wait_for_everyone()
     final = accelerator.unwrap_model(model)
@@ -273,9 +247,9 @@ def main(argv: list[str] | None = None) -> None:
         final.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         metrics_record = {**metrics, "eval_split": args.eval_split, "train_split": args.train_split,
-                          "steps": completed_steps}
+                          "steps": result.completed_steps}
         training.save_metrics(output_dir, metrics_record)
-        write_model_card(output_dir, MODEL_CARD, card_fields(args, final, metrics, completed_steps))
+        write_model_card(output_dir, MODEL_CARD, card_fields(args, final, metrics, result.completed_steps))
         training.push_output_dir(args, output_dir, commit_message=f"Finetuned {args.config_name} detector")
     accelerator.end_training()
 
@@ -304,21 +278,6 @@ def weights_digest(model: torch.nn.Module, buffers: bool = True) -> str:
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def ema_weights(ema, model, accelerator):
-    """Evaluates with the EMA weights (if any), then puts the training weights back."""
-    if ema is None:
-        yield
-        return
-    unwrapped = accelerator.unwrap_model(model)
-    saved = {name: value.detach().clone() for name, value in unwrapped.state_dict().items()}
-    ema.copy_to(unwrapped)
-    try:
-        yield
-    finally:
-        unwrapped.load_state_dict(saved)
 
 
 def card_fields(args, model, metrics, steps) -> dict:

@@ -1,6 +1,6 @@
 """Finetune transformers' `UperNetForSemanticSegmentation` with the Mask3D backbone on ScanNet 2D semantic labels.
 
-    accelerate launch examples/finetune_segmentation.py --model_name_or_path MASK3D_MODEL --root SCANNET_ROOT \
+    accelerate launch examples/finetune_segmentation.py --model_name_or_path MASK3D_MODEL --dataroot SCANNET_ROOT \\
         --train_split train --eval_split val --output_dir O
 
 Labels are the 20-class ScanNet benchmark set, mapped from NYU40 ids (1-12, 14, 16, 24, 28, 33, 34, 36, 39 -> label
@@ -11,8 +11,9 @@ run, or a converted ViT); `--config_name tiny|base` starts from random weights i
 
 The encoder trains with layer-wise learning-rate decay (`--layer_decay`, BEiT / MAE practice). The mean IoU over the
 20 classes and the per-class IoU table (as `evaluate`'s `mean_iou`: classes absent from both prediction and ground
-truth do not count) are printed and written to `OUTPUT_DIR/metrics.json`, with the finetuned model and its processor.
-Other arguments are those of transformers' `no_trainer` examples (`geomim_hf.training`).
+truth do not count; `geomim_hf.evaluation.scannet`) are printed and written to `OUTPUT_DIR/metrics.json`, with the
+finetuned model, its processor and a model card (`model_cards/mask3d-upernet-finetuned.md`). Other arguments are
+those of transformers' `no_trainer` examples (`geomim_hf.training`, whose `train` is the loop).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import UperNetConfig, UperNetForSemanticSegmentation, ViTImageProcessor
 
-from geomim_hf import Mask3DBackbone, Mask3DConfig, training
+from geomim_hf import Mask3DBackbone, Mask3DConfig, cli, training
 from geomim_hf.data.scannet_rgbd import (
     IGNORE_INDEX,
     SCANNET20_CLASS_NAMES,
@@ -33,37 +34,16 @@ from geomim_hf.data.scannet_rgbd import (
     read_scannet_to_nyu40,
     scannet_rgbd_loader,
 )
+from geomim_hf.evaluation.scannet import evaluate_segmentation, format_iou_table
 from geomim_hf.models.mask3d.configuration_mask3d import MASK3D_PRESETS
-from geomim_hf.models.mask3d.evaluation_mask3d import evaluate_segmentation, format_iou_table
-from geomim_hf.models.mask3d.training_mask3d import make_scheduler, plan_training, train_streaming
 
-MODEL_CARD = """---
-library_name: geomim_hf
-pipeline_tag: image-segmentation
-tags:
-- mask3d-rgbd-vit
-- geomim_hf
-- semantic-segmentation
-datasets:
-- scannet
----
-
-# UperNet with a Mask3D RGB-D ViT backbone: {{ model_id }}
-
-`UperNetForSemanticSegmentation` with `Mask3DBackbone` (the RGB ViT of Mask3D pretraining, not the point-cloud Mask3D)
-finetuned on the 20-class ScanNet 2D semantic segmentation labels by `examples/finetune_segmentation.py` of
-`geomim_hf`. Backbone: {{ backbone }}.
-
-Mean IoU on `{{ eval_split }}`: {{ mean_iou }} (20 classes; `evaluate`-style, absent classes do not count).
-
-```text
-{{ iou_table }}
-```
-
-```bash
-{{ training_command }}
-```
-"""
+MODEL_CARD = Path(__file__).resolve().parent.parent / "model_cards" / "mask3d-upernet-finetuned.md"
+# Training defaults per --config_name preset of the backbone, chosen by this project; a backbone from
+# --model_name_or_path (or the tiny preset) trains with base's, and an argument given on the command line always wins.
+TRAINING_PRESETS = {
+    "base": {"learning_rate": 1e-4, "weight_decay": 0.05, "num_train_epochs": 50, "per_device_train_batch_size": 8,
+             "per_device_eval_batch_size": 8, "num_warmup_steps": 500, "logging_steps": 50},
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model_name_or_path", default=None, help="Mask3D model folder or Hub id for the backbone")
     parser.add_argument("--config_name", choices=sorted(MASK3D_PRESETS), default=None,
                         help="start from a randomly initialised preset instead of --model_name_or_path")
-    parser.add_argument("--root", type=Path, required=True, help="ScanNet root with scannetv2_<split>.txt")
+    cli.add_argument(parser, "--dataroot", deprecated=("--root",), type=Path, required=True,
+                     help="ScanNet root with scannetv2_<split>.txt")
     parser.add_argument("--train_split", default="train")
     parser.add_argument("--eval_split", default="val")
     parser.add_argument("--layout", choices=("frames_25k", "exported"), default=None,
@@ -88,11 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shuffle_buffer_size", type=int, default=256)
     parser.add_argument("--evaluate_before_training", action="store_true",
                         help="also measure the mean IoU of the untrained head (metrics.json: initial_mean_iou)")
-    training.add_training_arguments(parser, defaults={
-        "learning_rate": 1e-4, "weight_decay": 0.05, "num_train_epochs": 50, "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 8, "num_warmup_steps": 500, "logging_steps": 50})
-    args = parser.parse_args(argv)
-    training.check_training_arguments(parser, args)
+    training.add_training_arguments(parser)
+    args = training.parse_training_args(parser, argv, TRAINING_PRESETS, fallback="base")
     if (args.model_name_or_path is None) == (args.config_name is None):
         parser.error("give exactly one of --model_name_or_path (pretrained backbone) and --config_name (random)")
     return args
@@ -145,30 +123,34 @@ def main(argv: list[str] | None = None) -> dict:
     rank, world_size = accelerator.process_index, accelerator.num_processes
 
     def eval_metrics() -> dict:
-        loader = scannet_rgbd_loader(args.root, args.eval_split, collator, args.per_device_eval_batch_size,
+        loader = scannet_rgbd_loader(args.dataroot, args.eval_split, collator, args.per_device_eval_batch_size,
                                      layout=args.layout, rank=rank, world_size=world_size,
                                      max_samples=args.max_eval_samples, num_workers=args.dataloader_num_workers)
         return evaluate_segmentation(accelerator.unwrap_model(model), loader, len(SCANNET20_CLASS_NAMES),
                                      IGNORE_INDEX, accelerator, SCANNET20_CLASS_NAMES)
 
     initial = eval_metrics() if args.evaluate_before_training else None
-    plan = plan_training(args, collator, accelerator)
+    frames = training.scannet_training_frames(args, collator, accelerator)
+    batches_per_epoch = frames.batches_per_epoch()
+    length = training.training_steps(args, batches_per_epoch)
     num_layers = backbone.config.num_hidden_layers + 2
     groups = training.parameter_groups(model, args.learning_rate, args.weight_decay,
                                        layer_id=encoder_layer_id(backbone.config.num_hidden_layers),
                                        num_layers=num_layers, layer_decay=args.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
-    scheduler = make_scheduler(args, optimizer, plan, world_size)
+    scheduler = training.make_scheduler(args, optimizer, length.max_train_steps, accelerator.num_processes)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    accelerator.print(f"UperNet + Mask3D backbone: {plan.frames} frames, {plan.batches_per_epoch} batches per process "
-                      f"and epoch, {plan.max_train_steps} steps")
-    completed_steps, train_runtime = train_streaming(accelerator, args, model, optimizer, scheduler, plan)
+    accelerator.print(f"UperNet + Mask3D backbone: {frames.frames} frames, {batches_per_epoch} batches per process "
+                      f"and epoch, {length.max_train_steps} steps")
+    result = training.train(accelerator, args, model, optimizer, scheduler, frames.batches, batches_per_epoch,
+                            description="segmentation finetuning")
+    completed_steps = result.completed_steps
 
     metrics = eval_metrics()
     accelerator.print(format_iou_table(metrics))
     if initial is not None:
         metrics["initial_mean_iou"] = initial["mean_iou"]
-    metrics |= {"train_steps": completed_steps, "train_runtime_s": round(train_runtime, 1)}
+    metrics |= {"train_steps": completed_steps, "train_runtime_s": round(result.train_runtime, 1)}
     if args.with_tracking:
         accelerator.log({"eval_mean_iou": metrics["mean_iou"]}, step=completed_steps)
         accelerator.end_training()

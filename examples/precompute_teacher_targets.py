@@ -1,14 +1,15 @@
 """Run the GeoMIM LiDAR teacher once over a nuScenes split and store its BEV targets for pretraining.
 
-    python examples/precompute_teacher_targets.py --dataroot data/nuscenes --version v1.0-trainval --split train \
-        --teacher lidar-teacher --output_dir teacher_targets/train
+    python examples/precompute_teacher_targets.py --dataroot data/nuscenes --version v1.0-trainval --split train \\
+        --teacher_name_or_path lidar-teacher --output_dir teacher_targets/train
 
 The points are read as GeoMIM pretraining reads them (10 sweeps, LiDAR frame of the key frame; see
 `geomim_hf.data.pretraining_collate`), once per BEV flip the cache should serve (`--flips all`, the default, covers
 GeoMIM's random x/y flips). The output folder holds float16 safetensors shards keyed by sample token and a
 `manifest.json` (shapes, dtype, teacher name and config/weight hashes, split, token -> shard);
-`geomim_hf.models.lidar_teacher.TeacherTargetCache` reads it. An existing cache is replaced only with `--overwrite`,
-and only once the new one is complete. The teacher runs in one process, on the GPU when there is one.
+`geomim_hf.models.lidar_teacher.TeacherTargetCache` reads it. An existing cache is replaced only with
+`--overwrite_output_dir`, and only once the new one is complete. The teacher runs in one process, on the GPU when
+there is one.
 
 For data without a trained LiDAR detector (the synthetic sets), write a seeded random teacher first:
 `python conversion/convert_bevfusion_lidar_teacher.py --random_init small_grid --seed 0 --output_dir teacher`.
@@ -23,6 +24,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from geomim_hf import cli
 from geomim_hf.data.bev_augmentation import augment_points, bev_augmentation_matrix
 from geomim_hf.data.collate import pad_rows
 from geomim_hf.data.nuscenes import load_nuscenes, nuscenes_database, scenes_of_split
@@ -36,17 +38,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataroot", type=Path, required=True, help="nuScenes dataroot (official layout)")
     parser.add_argument("--version", default="v1.0-trainval", help="nuScenes version folder (default v1.0-trainval)")
     parser.add_argument("--split", default="train", help="devkit split or a key of <version>/splits.json")
-    parser.add_argument("--teacher", required=True, help="GeoMIMLidarTeacher folder or Hub id")
+    cli.add_argument(parser, "--teacher_name_or_path", deprecated=("--teacher",), required=True,
+                     help="GeoMIMLidarTeacher folder or Hub id")
     parser.add_argument("--output_dir", type=Path, required=True, help="folder for the cache")
     parser.add_argument("--num_sweeps", type=int, default=10, help="LiDAR sweeps per sample, key frame included "
                         "(10 in GeoMIM)")
     parser.add_argument("--flips", choices=("all", "none"), default="all",
                         help="'all': one target per BEV flip (none, x, y, xy), as pretraining with RandomFlip3D needs; "
                              "'none': unflipped targets only (pretraining must then not flip)")
-    parser.add_argument("--per_device_batch_size", type=int, default=1, help="samples per teacher forward")
+    cli.add_argument(parser, "--per_device_eval_batch_size", deprecated=("--per_device_batch_size",), type=int,
+                     default=1, help="samples per teacher forward")
     parser.add_argument("--shard_size", type=int, default=64, help="samples per safetensors shard")
     parser.add_argument("--dataloader_num_workers", type=int, default=0, help="processes reading the point files")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing cache in --output_dir")
+    cli.add_argument(parser, "--overwrite_output_dir", deprecated=("--overwrite",), action="store_true",
+                     help="replace an existing cache in --output_dir")
     return parser.parse_args(argv)
 
 
@@ -61,11 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = Accelerator()
     if accelerator.num_processes > 1:
         sys.exit("error: run precompute_teacher_targets.py in a single process (it writes one cache folder)")
-    teacher = GeoMIMLidarTeacher.from_pretrained(args.teacher).to(accelerator.device).eval()
+    teacher = GeoMIMLidarTeacher.from_pretrained(args.teacher_name_or_path).to(accelerator.device).eval()
     flips = list(FLIPS) if args.flips == "all" else ["none"]
     try:
         writer = TeacherTargetWriter(
-            args.output_dir, teacher, flips=flips, shard_size=args.shard_size, overwrite=args.overwrite,
+            args.output_dir, teacher, flips=flips, shard_size=args.shard_size, overwrite=args.overwrite_output_dir,
             dataset={"dataroot": str(args.dataroot), "version": args.version, "split": args.split,
                      "num_sweeps": args.num_sweeps},
         )
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     dataroot = str(args.dataroot.resolve())  # one devkit database per process, keyed by this string
     dataset = load_nuscenes(dataroot, args.version, args.split, num_sweeps=args.num_sweeps)
     dataset = dataset.select_columns(["sample_token", "points", "lidar_to_ego"])
-    loader = DataLoader(dataset, batch_size=args.per_device_batch_size, collate_fn=collate_points,
+    loader = DataLoader(dataset, batch_size=args.per_device_eval_batch_size, collate_fn=collate_points,
                         num_workers=args.dataloader_num_workers)
     scenes = set(scenes_of_split(dataroot, args.version, args.split))
     total = sum(scene["nbr_samples"] for scene in nuscenes_database(dataroot, args.version).scene

@@ -10,7 +10,7 @@ per device, 50 epochs, 256 x 704, class-balanced sampling), with the converted b
 On a CPU, the synthetic set and the ``tiny`` preset (a seeded random teacher stands in for a trained LiDAR detector,
 option (b) of the project's pretraining notes)::
 
-    python -m geomim_hf.data.synthetic nuscenes --out data/nuscenes
+    python -m geomim_hf.data.synthetic nuscenes --output_dir data/nuscenes
     accelerate launch --cpu examples/pretrain_geomim.py --dataroot data/nuscenes --version v1.0-mini \\
         --train_split mini_train --config_name tiny --random_teacher_seed 0 --output_dir geomim-pretrain-tiny
 
@@ -25,46 +25,45 @@ the tensorboard logs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import transformers
 from accelerate.logging import get_logger
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers.utils import cached_file
 
 from geomim_hf import GeoMIMForPretraining, GeoMIMModel, GeoMIMPretrainingConfig, training
 from geomim_hf.data import GeoMIMImageProcessor
 from geomim_hf.data.pretraining_collate import PretrainingCollator
 from geomim_hf.data.training_scenes import TrainingScenes
-from geomim_hf.models.geomim.conversion_mixmim import load_mixmim_decoder
-from geomim_hf.models.geomim.modeling_geomim_pretraining import bev_cosine_similarity
+from geomim_hf.models.geomim.conversion_mixmim import MIXMIM_DECODER_FILE, load_mixmim_decoder
+from geomim_hf.models.geomim.modeling_geomim_pretraining import GeoMIMForPretrainingOutput, bev_cosine_similarity
+from geomim_hf.models.inputs import model_inputs
 from geomim_hf.models.lidar_teacher import (
     GeoMIMLidarTeacher,
     GeoMIMLidarTeacherConfig,
     TeacherTargetCache,
     random_lidar_teacher,
 )
+from geomim_hf.models.lidar_teacher.configuration_lidar_teacher import TEACHER_PRESETS
 
 logger = get_logger(__name__)
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "geomim-pretrained-encoder.md"
-# The schedule of the original (pretrain/geomim_config/pretrain_base_50ep.yaml) for the Swin presets, and one that
-# learns the synthetic set in minutes for `tiny`. Arguments given on the command line win.
-SCHEDULES = {
-    "original": {"learning_rate": 2e-4, "num_warmup_steps": 500, "num_train_epochs": 50,
-                 "per_device_train_batch_size": 2, "image_size": [256, 704]},
-    "tiny": {"learning_rate": 2e-3, "num_warmup_steps": 5, "num_train_epochs": 20,
-             "per_device_train_batch_size": 2, "image_size": [128, 352]},
+# The schedule of the original (pretrain/geomim_config/pretrain_base_50ep.yaml) for the Swin presets (and for a config
+# folder), and one that learns the synthetic set in minutes for `tiny`; an argument given on the command line always
+# wins.
+ORIGINAL_SCHEDULE = {"learning_rate": 2e-4, "weight_decay": 0.01, "lr_scheduler_type": "cosine", "max_grad_norm": 35.0,
+                     "num_warmup_steps": 500, "num_train_epochs": 50, "per_device_train_batch_size": 2,
+                     "image_size": [256, 704]}
+TRAINING_PRESETS = {
+    "base": ORIGINAL_SCHEDULE,
+    "large": ORIGINAL_SCHEDULE,
+    "tiny": {**ORIGINAL_SCHEDULE, "learning_rate": 2e-3, "num_warmup_steps": 5, "num_train_epochs": 20,
+             "image_size": [128, 352]},
 }
-# Written next to the encoder by conversion/convert_mixmim_to_geomim.py: MixMIM's decoder, under MixMIM's names.
-MIXMIM_DECODER_FILE = "decoder_init.safetensors"
-MODEL_INPUTS = ("pixel_values", "camera_intrinsics", "camera_to_lidar", "camera_vector", "post_rot", "post_tran",
-                "lidar_augmentation", "depth_targets")
 # The original anneals to 1e-3 of the peak learning rate (mmcv's CosineAnnealing with min_lr_ratio 1e-3).
 MIN_LR_RATE = 1e-3
 
@@ -77,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--train_split", default="train", help="a devkit split or a key of <version>/splits.json")
     data.add_argument("--num_sweeps", type=int, default=10, help="LiDAR sweeps the teacher and the depth loss see")
     data.add_argument("--image_size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), default=None,
-                      help="network input; multiples of 32 (default: 256 704, or 128 352 for tiny)")
+                      help="network input; multiples of 32")
     data.add_argument("--cbgs", action="store_true",
                       help="class-balanced grouping and sampling (CBGS), as the original pretraining")
     data.add_argument("--no_augmentation", action="store_true",
@@ -97,20 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     teacher.add_argument("--teacher_name_or_path", default=None, help="a GeoMIMLidarTeacher run live on every batch")
     teacher.add_argument("--random_teacher_seed", type=int, default=None,
                          help="a randomly initialised teacher (synthetic data, which has no trained LiDAR detector)")
-    teacher.add_argument("--random_teacher_grid", choices=("default", "small_grid"), default=None,
+    teacher.add_argument("--random_teacher_grid", choices=sorted(TEACHER_PRESETS), default=None,
                          help="the random teacher's configuration (default: small_grid for tiny, else bevfusion's)")
-    training.add_training_arguments(parser, defaults={
-        "weight_decay": 0.01, "lr_scheduler_type": "cosine", "max_grad_norm": 35.0,
-        **{name: None for name in ("learning_rate", "num_warmup_steps", "num_train_epochs",
-                                   "per_device_train_batch_size")},
-    })
-    args = parser.parse_args(argv)
-
-    schedule = SCHEDULES["tiny" if args.config_name == "tiny" else "original"]
-    for name, value in schedule.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    training.check_training_arguments(parser, args)
+    training.add_training_arguments(parser)
+    args = training.parse_training_args(parser, argv, TRAINING_PRESETS, fallback="base")
     if not args.dataroot.is_dir():
         parser.error(f"--dataroot {args.dataroot} is not a folder")
     sources = [args.teacher_cache, args.teacher_name_or_path, args.random_teacher_seed]
@@ -129,7 +118,7 @@ def build_model(args: argparse.Namespace) -> GeoMIMForPretraining:
     if args.model_name_or_path:
         return GeoMIMForPretraining.from_pretrained(args.model_name_or_path)
     if args.config_name in ("base", "large", "tiny"):
-        config = GeoMIMPretrainingConfig.preset(args.config_name)
+        config = GeoMIMPretrainingConfig.from_preset(args.config_name)
     else:
         config = GeoMIMPretrainingConfig.from_pretrained(args.config_name)
     if not args.encoder_name_or_path:
@@ -166,9 +155,8 @@ def build_teacher_targets(
         teacher = GeoMIMLidarTeacher.from_pretrained(args.teacher_name_or_path)
         description = f"`{args.teacher_name_or_path}`, run live"
     else:
-        grid = args.random_teacher_grid or ("small_grid" if args.config_name == "tiny" else "default")
-        teacher_config = (GeoMIMLidarTeacherConfig.small_grid() if grid == "small_grid"
-                          else GeoMIMLidarTeacherConfig())
+        grid = args.random_teacher_grid or ("small_grid" if args.config_name == "tiny" else "bevfusion")
+        teacher_config = GeoMIMLidarTeacherConfig.from_preset(grid)
         teacher = random_lidar_teacher(teacher_config, seed=args.random_teacher_seed)
         description = (f"a randomly initialised SparseEncoder ({grid} configuration, seed {args.random_teacher_seed}), "
                        "run live: untrained, its features still encode the occupied geometry")
@@ -209,87 +197,48 @@ def main(argv: list[str] | None = None) -> dict:
                              gradient_accumulation_steps=args.gradient_accumulation_steps, cbgs=args.cbgs,
                              seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size)
     batches_per_epoch = samples.batches_per_epoch()
-    steps_per_epoch, max_train_steps, num_train_epochs = training.training_steps(args, batches_per_epoch)
+    length = training.training_steps(args, batches_per_epoch)
     samples_per_epoch = batches_per_epoch * args.per_device_train_batch_size * accelerator.num_processes
 
     optimizer = torch.optim.AdamW(
         training.parameter_groups(model, args.learning_rate, args.weight_decay), lr=args.learning_rate
     )
-    scheduler_type = "cosine_with_min_lr" if args.lr_scheduler_type == "cosine" else args.lr_scheduler_type
-    # accelerate steps a prepared scheduler once per process at every optimiser step, hence the factors (as in
-    # transformers' no_trainer examples).
-    scheduler = transformers.get_scheduler(
-        scheduler_type,
-        optimizer,
-        num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
-        scheduler_specific_kwargs={"min_lr_rate": MIN_LR_RATE} if scheduler_type == "cosine_with_min_lr" else None,
-    )
+    cosine = args.lr_scheduler_type == "cosine"
+    scheduler = training.make_scheduler(args, optimizer, length.max_train_steps, accelerator.num_processes,
+                                        name="cosine_with_min_lr" if cosine else None,
+                                        scheduler_specific_kwargs={"min_lr_rate": MIN_LR_RATE} if cosine else None)
     # The loader is not prepared: each process streams its own scenes (TrainingScenes).
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    state = training.resume(accelerator, args, batches_per_epoch)
 
-    logger.info(f"{samples_per_epoch} training samples per epoch, {steps_per_epoch} steps per epoch, {max_train_steps} "
-                f"steps, {accelerator.num_processes} process(es) x {args.per_device_train_batch_size} samples x "
-                f"{args.gradient_accumulation_steps} accumulation; teacher: {teacher_description}")
-    progress = tqdm(range(max_train_steps), initial=state.completed_steps,
-                    disable=not accelerator.is_local_main_process)
-    completed_steps = state.completed_steps
-    window: dict[str, list[float]] = {}
-    logs: dict[str, float] = {}
-    for epoch in range(state.starting_epoch, num_train_epochs):
-        model.train()
-        # Its own generator: a loader draws a seed when it starts, which must not move the global random state that
-        # a resumed run restores (it draws the masks).
+    logger.info(f"{samples_per_epoch} training samples per epoch, {length.steps_per_epoch} steps per epoch, "
+                f"{length.max_train_steps} steps, {accelerator.num_processes} process(es) x "
+                f"{args.per_device_train_batch_size} samples x {args.gradient_accumulation_steps} accumulation; "
+                f"teacher: {teacher_description}")
+
+    def epoch_batches(epoch: int) -> DataLoader:
         collate.seed = args.seed * 1_000_003 + epoch  # augmentation: a function of the seed, epoch and samples
         dataset = samples.dataset(epoch, num_sweeps=args.num_sweeps, decode_images=False)
-        loader = DataLoader(dataset, batch_size=args.per_device_train_batch_size, collate_fn=collate,
-                            num_workers=args.dataloader_num_workers,
-                            generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
-        skip = state.batches_to_skip if epoch == state.starting_epoch else 0
-        for index, batch in enumerate(training.iterate_batches(loader, skip), start=skip):
-            if index >= batches_per_epoch:
-                break
-            # Accumulation restarts with every epoch, whose last step may take fewer batches (see training.resume).
-            sync = index + 1 == batches_per_epoch or (index + 1) % args.gradient_accumulation_steps == 0
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                outputs = model(**{key: batch[key].to(accelerator.device) for key in MODEL_INPUTS},
-                                teacher_features=teacher_targets(batch))
-                accelerator.backward(outputs.loss)  # divided by the accumulation steps
-            cosine = bev_cosine_similarity(outputs.reconstruction.detach(), outputs.normalized_target).mean()
-            for name, value in (("loss", outputs.loss), ("reconstruction_loss", outputs.reconstruction_loss),
-                                ("depth_loss", outputs.depth_loss), ("reconstruction_cosine", cosine)):
-                window.setdefault(name, []).append(accelerator.gather(value.detach().float()[None]).mean().item())
-            if not sync:
-                continue
-            if args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            completed_steps += 1
-            progress.update(1)
-            if completed_steps % args.logging_steps == 0 or completed_steps == max_train_steps or \
-                    index + 1 == batches_per_epoch:
-                logs = {f"train/{name}": sum(values) / len(values) for name, values in window.items()}
-                logs["train/learning_rate"] = scheduler.get_last_lr()[0]
-                window = {}
-                progress.set_postfix(loss=f"{logs['train/loss']:.4f}",
-                                     cosine=f"{logs['train/reconstruction_cosine']:.3f}")
-                if args.with_tracking:
-                    accelerator.log(logs, step=completed_steps)
-            training.maybe_save_checkpoint(accelerator, args, completed_steps, epoch, end_of_epoch=False)
-            if completed_steps >= max_train_steps:
-                break
-        training.maybe_save_checkpoint(accelerator, args, completed_steps, epoch, end_of_epoch=True)
-        if completed_steps >= max_train_steps:
-            break
-    progress.close()
+        # Its own generator: a loader draws a seed when it starts, which must not move the global random state that
+        # a resumed run restores (it draws the masks).
+        return DataLoader(dataset, batch_size=args.per_device_train_batch_size, collate_fn=collate,
+                          num_workers=args.dataloader_num_workers,
+                          generator=torch.Generator().manual_seed(args.seed * 1_000_003 + epoch))
+
+    def step(model: torch.nn.Module, batch: dict, epoch: int) -> GeoMIMForPretrainingOutput:
+        return model(**model_inputs(model, batch, accelerator.device), teacher_features=teacher_targets(batch))
+
+    def reconstruction_cosine(outputs: GeoMIMForPretrainingOutput) -> dict[str, torch.Tensor]:
+        """How well the reconstruction points the teacher's way: the mean cosine over BEV cells, a loss-free view."""
+        return {"reconstruction_cosine": bev_cosine_similarity(outputs.reconstruction.detach(),
+                                                               outputs.normalized_target).mean()}
+
+    result = training.train(accelerator, args, model, optimizer, scheduler, epoch_batches, batches_per_epoch,
+                            step=step, batch_metrics=reconstruction_cosine, description="pretraining")
+    completed_steps = result.completed_steps
 
     accelerator.wait_for_everyone()
-    # The means over the last logging window (the last --logging_steps steps).
-    metrics = {name.removeprefix("train/"): value for name, value in logs.items()}
-    metrics.update(steps=completed_steps, samples_per_epoch=samples_per_epoch)
+    # The means over the last logging window (the last --logging_steps steps; see training.train).
+    metrics = {**result.logs, "steps": completed_steps, "samples_per_epoch": samples_per_epoch}
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(output_dir / "pretraining")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from pathlib import Path
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -44,4 +45,19 @@ def add_argument(container, option: str, *, deprecated: tuple[str, ...] = (), **
     return action
 
 
-__all__ = ["add_argument"]
+def add_output_file_arguments(container, file_name: str, what: str) -> None:
+    """The output of a script that writes one file: `--output_dir`, the folder that gets `file_name`, or the earlier
+    releases' `--out FILE`, that file itself (deprecated: it warns, and is hidden from `--help`). One of them is
+    required; [`output_file`] says where to write."""
+    group = container.add_mutually_exclusive_group(required=True)
+    group.add_argument("--output_dir", type=Path, help=f"folder to write {file_name} ({what}) into")
+    group.add_argument("--out", type=Path, dest="out", action=_DeprecatedAlias, new_option="--output_dir",
+                       default=None, help=argparse.SUPPRESS)
+
+
+def output_file(args: argparse.Namespace, file_name: str) -> Path:
+    """The file to write, from the arguments of [`add_output_file_arguments`]."""
+    return args.out if args.out is not None else args.output_dir / file_name
+
+
+__all__ = ["add_argument", "add_output_file_arguments", "output_file"]

@@ -103,7 +103,8 @@ def test_lidar_depth_targets_reject_bad_shapes():
 def test_depth_bins_follow_the_reference_formula_and_drop_out_of_range_depths():
     depths = [0.0, 0.7, 0.999, 1.0, 1.49, 1.5, 30.26, 59.99, 60.0, 75.0]
     expected_bins = [None, None, None, 0, 0, 1, 58, 117, None, None]
-    targets = depth_bin_targets(torch.tensor(depths, dtype=torch.float64).view(1, 1, 1, -1), GeoMIMPretrainingConfig().bev_grid)
+    grid = GeoMIMPretrainingConfig().bev_grid
+    targets = depth_bin_targets(torch.tensor(depths, dtype=torch.float64).view(1, 1, 1, -1), grid)
     assert targets.shape == (1, 1, 118, 1, len(depths))
     for column, expected_bin in enumerate(expected_bins):
         one_hot = targets[0, 0, :, 0, column]

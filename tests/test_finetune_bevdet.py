@@ -2,6 +2,7 @@
 and their contracts, resume equality, a two-process launch, the Hub upload (mocked), and learning shown by the
 devkit's mAP."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -15,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from geomim_hf import GeoMIMForBEVDetection, GeoMIMImageProcessor
+from geomim_hf import GeoMIMConfig, GeoMIMForBEVDetection, GeoMIMImageProcessor
 from geomim_hf.data.nuscenes import split_sample_tokens
 from geomim_hf.data.synthetic import generate_nuscenes
-from geomim_hf.models.bevdet import detection_config
+from geomim_hf.models.bevdet import GeoMIMBEVDetectionConfig
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -33,12 +34,11 @@ def load_example(name: str):
 @pytest.fixture(scope="module")
 def micro_config(tmp_path_factory) -> Path:
     """A detector small enough for a training step in a fraction of a second (64 x 192 input, 3.2 m cells)."""
-    config = detection_config("tiny", encoder_config=None, image_size=[64, 192], grid_x=[-51.2, 51.2, 3.2],
-                              grid_y=[-51.2, 51.2, 3.2], depth_bins=[1.0, 61.0, 4.0], image_neck_channels=16,
-                              context_channels=8, bev_encoder_channels=[8, 16, 32], bev_neck_channels=16,
-                              head_channels=8, task_head_channels=8)
-    config.encoder_config.embed_dim = 16
-    config.encoder_config.num_heads = [1, 1, 2, 2]
+    encoder = GeoMIMConfig(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 1, 2, 2], window_size=[8, 8, 8, 4])
+    config = GeoMIMBEVDetectionConfig.from_preset(
+        "tiny", encoder, image_size=[64, 192], grid_x=[-51.2, 51.2, 3.2], grid_y=[-51.2, 51.2, 3.2],
+        depth_bins=[1.0, 61.0, 4.0], image_neck_channels=16, context_channels=8, bev_encoder_channels=[8, 16, 32],
+        bev_neck_channels=16, head_channels=8, task_head_channels=8)
     path = tmp_path_factory.mktemp("configs") / "micro.json"
     config.to_json_file(path)
     return path
@@ -63,7 +63,7 @@ def test_finetune_writes_model_processor_metrics_submission_and_card(nuscenes_ro
     submission = json.loads((output_dir / "results_nusc.json").read_text())
     assert set(submission["results"]) == set(split_sample_tokens(nuscenes_root, nuscenes_spec.version, "mini_train"))
     model = GeoMIMForBEVDetection.from_pretrained(output_dir)
-    assert model.config.image_size == [64, 192]
+    assert model.config.bev_config.image_size == [64, 192]
     assert GeoMIMImageProcessor.from_pretrained(output_dir).size == {"height": 64, "width": 192}
     card = (output_dir / "README.md").read_text()
     assert f"| mAP | {metrics['mAP']:.4f} |" in card and "{{" not in card
@@ -114,22 +114,44 @@ def test_push_to_hub_uploads_model_processor_and_card(nuscenes_root, nuscenes_sp
     assert f"| NDS | {metrics['NDS']:.4f} |" in (output_dir / "README.md").read_text()
 
 
+def spy_on_forward(calls: list):
+    """Patches `GeoMIMForBEVDetection.forward` to record the keywords and the loss of every call (the signature stays
+    visible, which `model_inputs` reads)."""
+    forward = GeoMIMForBEVDetection.forward
+
+    @functools.wraps(forward)
+    def recorded(self, *args, **kwargs):
+        outputs = forward(self, *args, **kwargs)
+        calls.append((set(kwargs), outputs.loss))
+        return outputs
+
+    return mock.patch.object(GeoMIMForBEVDetection, "forward", recorded)
+
+
 def test_evaluate_and_visualize_a_saved_detector(nuscenes_root, nuscenes_spec, micro_config, tmp_path, capsys):
-    config = type(detection_config("tiny")).from_json_file(micro_config)
+    config = GeoMIMBEVDetectionConfig.from_json_file(micro_config)
     model = GeoMIMForBEVDetection(config)
     model.save_pretrained(tmp_path / "model")
     GeoMIMImageProcessor(size={"height": 64, "width": 192}).save_pretrained(tmp_path / "model")
-    metrics = load_example("evaluate_bevdet").main([
-        "--model", str(tmp_path / "model"), "--dataroot", str(nuscenes_root), "--version", nuscenes_spec.version,
-        "--split", "mini_val", "--output_dir", str(tmp_path / "eval"), "--num_workers", "0"])
+    calls = []
+    with spy_on_forward(calls):
+        metrics = load_example("evaluate_bevdet").main([
+            "--model_name_or_path", str(tmp_path / "model"), "--dataroot", str(nuscenes_root), "--version",
+            nuscenes_spec.version, "--split", "mini_val", "--output_dir", str(tmp_path / "eval"),
+            "--dataloader_num_workers", "0"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
     assert (tmp_path / "eval" / "results_nusc.json").is_file()
     token = split_sample_tokens(nuscenes_root, nuscenes_spec.version, "mini_val")[0]
-    picture = load_example("visualize_bevdet").main([
-        "--model", str(tmp_path / "model"), "--dataroot", str(nuscenes_root), "--version", nuscenes_spec.version,
-        "--sample_token", token, "--out", str(tmp_path / "detections.png")])
-    assert picture.stat().st_size > 10_000
+    with spy_on_forward(calls):
+        picture = load_example("visualize_bevdet").main([
+            "--model_name_or_path", str(tmp_path / "model"), "--dataroot", str(nuscenes_root), "--version",
+            nuscenes_spec.version, "--sample_token", token, "--output_dir", str(tmp_path / "pictures")])
+    assert picture == tmp_path / "pictures" / "detections.png" and picture.stat().st_size > 10_000
+    # Neither computes a loss: the batches go in without their training targets (the images and cameras do).
+    assert len(calls) == 4 + 1
+    for keywords, loss in calls:
+        assert loss is None and "gt_labels" not in keywords and {"pixel_values", "camera_to_ego"} <= keywords
 
 
 def test_two_processes_train_on_different_scenes_and_save_rank_zero(tmp_path, micro_config):

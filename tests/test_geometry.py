@@ -93,7 +93,8 @@ def test_the_models_grids_have_the_documented_sizes():
     pretraining = GeoMIMPretrainingConfig().bev_grid
     assert pretraining.shape == (1, 360, 360) and pretraining.num_depth_bins == 118
     bevdet = GeoMIMBEVConfig.from_preset("bevdet4d-swinb-256x704").grid
-    assert bevdet == dataclasses.replace(BEVDET_GRID, legacy_truncation=True) and bevdet.shape == (1, 128, 128) and bevdet.num_depth_bins == 59
+    assert bevdet == dataclasses.replace(BEVDET_GRID, legacy_truncation=True)
+    assert bevdet.shape == (1, 128, 128) and bevdet.num_depth_bins == 59
     depth = BEVDET_GRID.depth_values(dtype=torch.float64)
     assert depth[0].item() == 1.0 and depth[-1].item() == 59.0
 

@@ -97,8 +97,9 @@ def test_manifest_describes_the_cache(cache_dir, teacher_dir):
 
 
 def test_a_cache_refuses_another_teacher_and_names_missing_targets(cache_dir):
+    other = random_lidar_teacher(GeoMIMLidarTeacherConfig.from_preset("small_grid"), seed=1)
     with pytest.raises(TeacherMismatchError, match="same settings, other weights"):
-        TeacherTargetCache(cache_dir, teacher=random_lidar_teacher(GeoMIMLidarTeacherConfig.from_preset("small_grid"), seed=1))
+        TeacherTargetCache(cache_dir, teacher=other)
     with pytest.raises(TeacherMismatchError, match=r"max_voxels cache=160000 teacher=1000"):
         TeacherTargetCache(cache_dir, teacher=GeoMIMLidarTeacherConfig.from_preset("small_grid", max_voxels=1000))
     cache = TeacherTargetCache(cache_dir)

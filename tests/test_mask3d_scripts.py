@@ -31,7 +31,7 @@ from geomim_hf.data.scannet_rgbd import (
 )
 from geomim_hf.data.synthetic import ScanNetSpec, generate_scannet
 from geomim_hf.data.synthetic.scannet_writer import FURNITURE_CLASSES, ROOM_CLASSES
-from geomim_hf.models.mask3d.evaluation_mask3d import SegmentationMetrics, frame_depth_metrics
+from geomim_hf.evaluation.scannet import SegmentationMetrics, frame_depth_metrics
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # Six rooms of six frames: five rooms (30 frames) to learn from, one held out (6 frames).
@@ -77,8 +77,8 @@ def learning_scannet(tmp_path_factory):
 def pretrained(learning_scannet, tmp_path_factory):
     """The tiny preset pretrained by the example script with its defaults (600 steps)."""
     output_dir = tmp_path_factory.mktemp("mask3d") / "pretrained"
-    script("pretrain_mask3d").main(["--root", str(learning_scannet), "--train_split", "train", "--eval_split", "val",
-                                    "--config_name", "tiny", "--output_dir", str(output_dir)])
+    script("pretrain_mask3d").main(["--dataroot", str(learning_scannet), "--train_split", "train", "--eval_split",
+                                    "val", "--config_name", "tiny", "--output_dir", str(output_dir)])
     return output_dir
 
 
@@ -139,7 +139,7 @@ def test_pretraining_runs_on_rgbd_only_scans_of_either_layout(scannet_root, tmp_
         shutil.rmtree(root / scan / LABEL_FOLDERS[detect_layout(root / scan)])
     output_dir = tmp_path / "run"
     metrics = script("pretrain_mask3d").main([
-        "--root", str(root), "--config_name", "tiny", "--output_dir", str(output_dir), "--max_train_steps", "2",
+        "--dataroot", str(root), "--config_name", "tiny", "--output_dir", str(output_dir), "--max_train_steps", "2",
         "--per_device_train_batch_size", "2", "--config_overrides", "depth_mask_ratio=0.5,fusion=add"])
     assert json.loads((output_dir / "metrics.json").read_text()) == pytest.approx(metrics)
     assert {"abs_rel", "rmse", "delta1"} <= set(metrics) and metrics["train_steps"] == 2
@@ -149,11 +149,12 @@ def test_pretraining_runs_on_rgbd_only_scans_of_either_layout(scannet_root, tmp_
     card = (output_dir / "README.md").read_text()
     assert "{{" not in card and f"| this model | {metrics['abs_rel']:.4f} |" in card
     with pytest.raises(FileExistsError, match="holds a finished run"):
-        script("pretrain_mask3d").main(["--root", str(root), "--config_name", "tiny", "--output_dir", str(output_dir)])
+        script("pretrain_mask3d").main(["--dataroot", str(root), "--config_name", "tiny", "--output_dir",
+                                        str(output_dir)])
 
 
 def test_pretraining_resumes_exactly_where_it_stopped(small_scannet, tmp_path):
-    common = ["--root", str(small_scannet), "--config_name", "tiny", "--per_device_train_batch_size", "2",
+    common = ["--dataroot", str(small_scannet), "--config_name", "tiny", "--per_device_train_batch_size", "2",
               "--max_eval_samples", "2"]
     script("pretrain_mask3d").main([*common, "--output_dir", str(tmp_path / "straight"), "--max_train_steps", "5"])
     # Six training frames in batches of two: step 2 stops in the middle of the first epoch.
@@ -172,13 +173,13 @@ def test_pretraining_resumes_exactly_where_it_stopped(small_scannet, tmp_path):
 def test_evaluation_refuses_encoder_only_checkpoints_and_existing_metrics(small_scannet, tmp_path):
     Mask3DModel(Mask3DConfig.from_preset("tiny")).save_pretrained(tmp_path / "encoder")
     with pytest.raises(SystemExit, match="holds no Mask3D depth decoder .*encoder-only checkpoint"):
-        script("evaluate_mask3d").main(["--model", str(tmp_path / "encoder"), "--root", str(small_scannet),
-                                        "--output_dir", str(tmp_path / "eval")])
+        script("evaluate_mask3d").main(["--model_name_or_path", str(tmp_path / "encoder"), "--dataroot",
+                                        str(small_scannet), "--output_dir", str(tmp_path / "eval")])
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text("{}")
     with pytest.raises(SystemExit):
-        script("evaluate_mask3d").main(["--model", str(tmp_path / "encoder"), "--root", str(small_scannet),
-                                        "--output_dir", str(tmp_path / "eval")])
+        script("evaluate_mask3d").main(["--model_name_or_path", str(tmp_path / "encoder"), "--dataroot",
+                                        str(small_scannet), "--output_dir", str(tmp_path / "eval")])
     assert (tmp_path / "eval" / "metrics.json").read_text() == "{}"
 
 
@@ -186,7 +187,7 @@ def test_segmentation_finetuning_script_runs_and_reloads(scannet_root, tmp_path)
     tsv = synthetic_label_map(tmp_path / "scannetv2-labels.combined.tsv")
     output_dir = tmp_path / "seg"
     metrics = script("finetune_segmentation").main([
-        "--config_name", "tiny", "--root", str(scannet_root), "--output_dir", str(output_dir), "--max_train_steps",
+        "--config_name", "tiny", "--dataroot", str(scannet_root), "--output_dir", str(output_dir), "--max_train_steps",
         "2", "--per_device_train_batch_size", "2", "--head_hidden_size", "16", "--auxiliary_channels", "8",
         "--label_map_file", str(tsv)])
     assert len(metrics["per_category_iou"]) == 20 and metrics["per_category_iou"]["wall"] is not None
@@ -206,8 +207,8 @@ def test_pretraining_learns_depth_on_held_out_rooms(pretrained):
 @pytest.mark.slow
 def test_evaluation_script_reproduces_the_pretraining_metrics(pretrained, learning_scannet, tmp_path, capsys):
     capsys.readouterr()
-    script("evaluate_mask3d").main(["--model", str(pretrained), "--root", str(learning_scannet), "--split", "val",
-                                    "--output_dir", str(tmp_path / "eval")])
+    script("evaluate_mask3d").main(["--model_name_or_path", str(pretrained), "--dataroot", str(learning_scannet),
+                                    "--split", "val", "--output_dir", str(tmp_path / "eval")])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     expected = json.loads((pretrained / "metrics.json").read_text())
     for name in ("abs_rel", "rmse", "delta1", "baseline_abs_rel", "num_frames"):
@@ -218,7 +219,7 @@ def test_evaluation_script_reproduces_the_pretraining_metrics(pretrained, learni
 @pytest.mark.slow
 def test_finetuning_the_pretrained_backbone_raises_miou(pretrained, learning_scannet, tmp_path):
     metrics = script("finetune_segmentation").main([
-        "--model_name_or_path", str(pretrained), "--root", str(learning_scannet), "--output_dir", str(tmp_path),
+        "--model_name_or_path", str(pretrained), "--dataroot", str(learning_scannet), "--output_dir", str(tmp_path),
         "--max_train_steps", "60", "--learning_rate", "1e-3", "--per_device_train_batch_size", "4",
         "--num_warmup_steps", "5", "--head_hidden_size", "32", "--auxiliary_channels", "16",
         "--evaluate_before_training"])

@@ -17,6 +17,7 @@ from transformers import AutoModelForPreTraining
 
 from geomim_hf import GeoMIMForPretraining, GeoMIMLidarTeacherConfig, GeoMIMModel
 from geomim_hf.data import load_nuscenes
+from geomim_hf.models.geomim.conversion_mixmim import MIXMIM_DECODER_FILE
 from geomim_hf.models.lidar_teacher import random_lidar_teacher
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -86,7 +87,7 @@ def test_a_tiny_run_exports_an_encoder_with_its_card_and_metrics(finished_run):
     detector, _ = finetune.load_model(argparse.Namespace(model_name_or_path=str(output_dir / "encoder"),
                                                          config_name="tiny", image_size=None))
     for key, value in encoder.state_dict().items():
-        assert torch.equal(detector.geomim.state_dict()[key], value), key
+        assert torch.equal(detector.bev_model.encoder.geomim.state_dict()[key], value), key
 
 
 def test_push_to_hub_uploads_the_encoder_folder(finished_run):
@@ -121,7 +122,7 @@ def test_conflicting_arguments_are_refused(script, nuscenes_root, nuscenes_spec,
 
 def test_a_teacher_that_does_not_fit_the_model_is_refused(script, nuscenes_root, nuscenes_spec, tmp_path):
     with pytest.raises(ValueError, match=r"teacher's BEV map is \(256, 180, 180\).*reconstructs \(128, 45, 45\)"):
-        script.main(arguments(nuscenes_root, nuscenes_spec, tmp_path, "--random_teacher_grid", "default"))
+        script.main(arguments(nuscenes_root, nuscenes_spec, tmp_path, "--random_teacher_grid", "bevfusion"))
     with pytest.raises(ValueError, match="multiples of 32"):
         script.main(arguments(nuscenes_root, nuscenes_spec, tmp_path, "--image_size", "120", "352"))
 
@@ -132,7 +133,7 @@ def test_the_encoder_and_a_mixmim_decoder_start_the_model(script, nuscenes_root,
 
     source = tiny_model(seed=5)
     source.save_encoder(tmp_path / "init")
-    save_file(mixmim_decoder(source), tmp_path / "init" / script.MIXMIM_DECODER_FILE)
+    save_file(mixmim_decoder(source), tmp_path / "init" / MIXMIM_DECODER_FILE)
     args = script.parse_args(arguments(nuscenes_root, nuscenes_spec, tmp_path / "run", "--encoder_name_or_path",
                                        str(tmp_path / "init")))
     model = script.build_model(args)
@@ -146,10 +147,10 @@ def test_cached_targets_are_the_live_teachers_for_every_flip(script, nuscenes_ro
     """A cache written by examples/precompute_teacher_targets.py serves, for augmented (flipped) batches, what the same
     teacher computes live (to float16 precision), and a run trains from it."""
     teacher_dir, cache_dir = tmp_path / "teacher", tmp_path / "cache"
-    random_lidar_teacher(GeoMIMLidarTeacherConfig.small_grid(), seed=0).save_pretrained(teacher_dir)
+    random_lidar_teacher(GeoMIMLidarTeacherConfig.from_preset("small_grid"), seed=0).save_pretrained(teacher_dir)
     importlib.import_module("precompute_teacher_targets").main(
-        ["--dataroot", str(nuscenes_root), "--version", nuscenes_spec.version, "--split", "mini_train", "--teacher",
-         str(teacher_dir), "--output_dir", str(cache_dir), "--num_sweeps", "1"])
+        ["--dataroot", str(nuscenes_root), "--version", nuscenes_spec.version, "--split", "mini_train",
+         "--teacher_name_or_path", str(teacher_dir), "--output_dir", str(cache_dir), "--num_sweeps", "1"])
 
     live_args = script.parse_args(arguments(nuscenes_root, nuscenes_spec, tmp_path / "live",
                                             teacher=("--teacher_name_or_path", str(teacher_dir))))

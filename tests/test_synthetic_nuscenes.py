@@ -197,20 +197,21 @@ def test_existing_output_is_never_overwritten_by_accident(tmp_path, nuscenes_spe
     foreign = tmp_path / "my_nuscenes"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    tiny = ["--scenes", "1", "--samples-per-scene", "2", "--sweeps", "0", "--image-size", "64", "32"]
-    assert synthetic_cli(["nuscenes", "--out", str(foreign), "--overwrite", *tiny]) == 2
+    tiny = ["--scenes", "1", "--samples_per_scene", "2", "--sweeps", "0", "--image_size", "64", "32"]
+    assert synthetic_cli(["nuscenes", "--output_dir", str(foreign), "--overwrite_output_dir", *tiny]) == 2
     assert "not written by the geomim_hf synthetic generator" in capsys.readouterr().err
     assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
 
     ours = tmp_path / "synthetic"
-    assert synthetic_cli(["nuscenes", "--out", str(ours), *tiny]) == 0
+    assert synthetic_cli(["nuscenes", "--output_dir", str(ours), *tiny]) == 0
     before = (ours / "v1.0-mini" / "scene.json").read_bytes()
-    assert synthetic_cli(["nuscenes", "--out", str(ours), *tiny, "--seed", "3"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert synthetic_cli(["nuscenes", "--output_dir", str(ours), *tiny, "--seed", "3"]) == 2
+    assert "--overwrite_output_dir" in capsys.readouterr().err
     assert (ours / "v1.0-mini" / "scene.json").read_bytes() == before
     with pytest.raises(OutputExistsError):
         generate_nuscenes(ours, progress=False, scenes=1, samples_per_scene=2)
-    assert synthetic_cli(["nuscenes", "--out", str(ours), *tiny, "--seed", "3", "--overwrite"]) == 0
+    assert synthetic_cli(["nuscenes", "--output_dir", str(ours), *tiny, "--seed", "3",
+                          "--overwrite_output_dir"]) == 0
     assert (ours / "v1.0-mini" / "scene.json").read_bytes() != before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folders left behind
 
@@ -228,7 +229,7 @@ def test_preview_draws_the_six_cameras_and_the_bird_eye_view(nuscenes_root, tmp_
     from PIL import Image
 
     out = tmp_path / "preview.png"
-    assert synthetic_cli(["preview", str(nuscenes_root), "--out", str(out)]) == 0
+    assert synthetic_cli(["preview", str(nuscenes_root), "--output_dir", str(tmp_path)]) == 0
     with Image.open(out) as image:
         assert image.width > 1000 and image.height > 400
         pixels = np.asarray(image.convert("RGB"))

@@ -100,7 +100,7 @@ def test_depth_and_poses_agree_across_frames_on_shared_surfaces(scannet_root):
 
 
 def test_preview_shows_rgb_depth_and_labels(scannet_root, tmp_path):
-    out = tmp_path / "scannet.png"
-    assert synthetic_cli(["preview", str(scannet_root), "--out", str(out), "--index", "1"]) == 0
+    out = tmp_path / "preview.png"
+    assert synthetic_cli(["preview", str(scannet_root), "--output_dir", str(tmp_path), "--index", "1"]) == 0
     with Image.open(out) as image:
         assert image.width > 3 * image.height / 2

@@ -168,3 +168,63 @@ def fixed_length(loader: Iterable, num_batches: int) -> Iterator:
                 return
         if empty:
             raise ValueError("the data loader gives no batch on this process")
+
+
+class ScanNetTrainingFrames:
+    """The training frames of process ``rank`` among ``world_size``, streamed as shuffled batches of whole scans
+    ([`scannet_rgbd_loader`]), and the number of batches every process takes per epoch: what
+    [`~geomim_hf.data.training_scenes.TrainingScenes`] is for nuScenes.
+
+    A streamed split has no length, and its scans hold different numbers of frames, so processes hold different
+    numbers of them: an epoch is ``frames / (processes x batch size)`` full batches per process, whole accumulation
+    groups, and a process that runs out first starts its part again ([`fixed_length`]).
+
+    Args:
+        root, split, collator: the training split and how its frames become batches.
+        rank, world_size: this process and the number of processes.
+        batch_size, gradient_accumulation_steps: batches per optimiser step, for the common batch count.
+        layout: the ScanNet layout (default: detected).
+        seed, shuffle_buffer_size: the streaming shuffle (re-seeded every epoch).
+        max_samples: use only the split's first frames.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(self, root: str | Path, split: str, collator: ScanNetRGBDCollator, rank: int, world_size: int, *,
+                 batch_size: int, gradient_accumulation_steps: int = 1, layout: str | None = None, seed: int = 0,
+                 shuffle_buffer_size: int = 256, max_samples: int | None = None, num_workers: int = 0):
+        self.world_size, self.batch_size = world_size, batch_size
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        # Training drops the last partial batch: a batch of one frame breaks batch norms such as UperNet's.
+        self.loader = scannet_rgbd_loader(root, split, collator, batch_size, layout=layout, rank=rank,
+                                          world_size=world_size, shuffle_seed=seed, shuffle_buffer=shuffle_buffer_size,
+                                          max_samples=max_samples, num_workers=num_workers, drop_last=True)
+        frames = scannet_frame_count(root, split)
+        self.frames = min(frames, max_samples or frames)
+
+    def batches_per_epoch(self) -> int:
+        """Full batches per process and epoch, rounded down to whole accumulation groups (so that no optimiser step
+        straddles two epochs), at least one group."""
+        accumulation = self.gradient_accumulation_steps
+        batches = self.frames // (self.world_size * self.batch_size)
+        return max(accumulation, batches - batches % accumulation)
+
+    def batches(self, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        """This process's batches of ``epoch``: the stream shuffled for the epoch, ``batches_per_epoch()`` of them."""
+        self.loader.dataset.set_epoch(epoch)
+        return fixed_length(self.loader, self.batches_per_epoch())
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SCANNET20_CLASS_NAMES",
+    "SCANNET20_NYU40_IDS",
+    "ScanNetRGBDCollator",
+    "ScanNetTrainingFrames",
+    "fixed_length",
+    "mask3d_image_processor",
+    "nyu40_to_scannet20_table",
+    "read_scannet_to_nyu40",
+    "resize_nearest",
+    "scannet_frame_count",
+    "scannet_rgbd_loader",
+]

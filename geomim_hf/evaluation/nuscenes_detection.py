@@ -20,6 +20,7 @@ import torch
 from pyquaternion import Quaternion
 
 from ..data.bev_augmentation import augment_boxes
+from ..models.inputs import model_inputs
 from ..data.nuscenes import nuscenes_database, split_sample_tokens
 from ..data.nuscenes_constants import DETECTION_CLASSES
 
@@ -182,16 +183,6 @@ class NuScenesDetectionEvaluator:
         return metrics
 
 
-# The batch keys GeoMIMForBEVDetection takes.
-MODEL_INPUTS = ("pixel_values", "camera_intrinsics", "camera_to_ego", "post_rot", "post_tran", "bev_augmentation",
-                "previous_pixel_values", "previous_camera_to_ego", "gt_boxes", "gt_labels", "depth_targets")
-
-
-def model_inputs(batch: Mapping, device: torch.device | str) -> dict[str, torch.Tensor]:
-    """The model's inputs of a collated batch, on `device`."""
-    return {key: value.to(device) for key, value in batch.items() if key in MODEL_INPUTS and torch.is_tensor(value)}
-
-
 @torch.no_grad()
 def evaluate_detector(model, processor, dataroot: str | Path, version: str, split: str, output_dir: str | Path, *,
                       batch_size: int = 1, num_workers: int = 0, accelerator=None) -> dict[str, float]:
@@ -218,14 +209,15 @@ def evaluate_detector(model, processor, dataroot: str | Path, version: str, spli
     scenes = scenes_of_split(str(Path(dataroot).resolve()), version, split)[rank::world_size]
     predictions = []
     if scenes:
-        dataset = load_nuscenes(dataroot, version, split, num_sweeps=1, previous_frames=config.num_previous_frames,
+        previous_frames = config.bev_config.num_previous_frames
+        dataset = load_nuscenes(dataroot, version, split, num_sweeps=1, previous_frames=previous_frames,
                                 decode_images=False, scenes=scenes)
-        collate = NuScenesCollator(processor, augment=False, depth_downsample=None,
-                                   previous_frames=config.num_previous_frames)
+        collate = NuScenesCollator(processor, augment=False, depth_downsample=None, previous_frames=previous_frames,
+                                   class_names=config.class_names)
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
         for batch in tqdm(loader, desc=f"evaluating on {split}", disable=rank != 0):
-            with autocast():
-                detections = detector.post_process(model(**model_inputs(batch, device)))
+            with autocast():  # no training targets: no loss is computed
+                detections = detector.post_process(model(**model_inputs(model, batch, device, targets=False)))
             for index, detection in enumerate(detections):
                 predictions.append((batch["sample_tokens"][index],
                                     {key: value.float().cpu() for key, value in detection.items()},
@@ -249,5 +241,5 @@ def format_metrics(metrics: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MODEL_INPUTS", "NuScenesDetectionEvaluator", "SubmissionError", "boxes_to_global", "default_attribute",
-           "evaluate_detector", "format_metrics", "model_inputs"]
+__all__ = ["NuScenesDetectionEvaluator", "SubmissionError", "boxes_to_global", "default_attribute", "evaluate_detector",
+           "format_metrics"]

@@ -29,10 +29,11 @@ def dataset_output_dir(out: Path, overwrite: bool, description: dict) -> Iterato
         if not (out / MARKER_FILE).is_file():
             raise OutputExistsError(
                 f"{out} already exists and was not written by the geomim_hf synthetic generator; refusing to touch "
-                "it. Choose a new --out folder."
+                "it. Choose a new output folder (--output_dir)."
             )
         if not overwrite:
-            raise OutputExistsError(f"{out} already holds a synthetic dataset; pass --overwrite to replace it.")
+            raise OutputExistsError(f"{out} already holds a synthetic dataset; pass overwrite=True "
+                                    "(--overwrite_output_dir) to replace it.")
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -520,7 +520,8 @@ class GeoMIMForPretraining(GeoMIMPreTrainedModel):
             teacher_features (`torch.FloatTensor` of shape `(batch_size, teacher_channels, X, Y)`, *optional*):
                 The LiDAR teacher's BEV map in its `(X, Y)` layout (from the target cache or a live teacher). Without
                 it the model only reconstructs.
-            depth_targets (`torch.FloatTensor` of shape `(batch_size, num_cameras, height / 16, width / 16)`, *optional*):
+            depth_targets (`torch.FloatTensor` of shape `(batch_size, num_cameras, height / 16, width / 16)`,
+            *optional*):
                 Nearest LiDAR depth per feature patch in metres, 0 where none.
             noise (`torch.FloatTensor` of shape `(height / 32 * width / 32,)`, *optional*):
                 Ranks the stride-32 cells for [`~GeoMIMForPretraining.random_masking`]; fixes the masks.

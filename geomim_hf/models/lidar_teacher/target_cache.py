@@ -194,7 +194,8 @@ def check_replaceable(output_dir: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{output_dir} exists and is not a teacher target cache; refusing to touch it. Choose "
                               "another --output_dir.")
     if not overwrite:
-        raise FileExistsError(f"{output_dir} already holds a teacher target cache; pass --overwrite to replace it.")
+        raise FileExistsError(f"{output_dir} already holds a teacher target cache; pass --overwrite_output_dir to "
+                              f"replace it.")
 
 
 class TeacherTargetCache:

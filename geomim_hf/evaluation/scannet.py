@@ -1,4 +1,5 @@
-"""Evaluation of Mask3D: depth reconstruction metrics, the picture of a few reconstructions, and segmentation mIoU.
+"""ScanNet evaluation: the depth reconstruction metrics of Mask3D pretraining, the picture of a few
+reconstructions, and the 2D semantic segmentation mIoU of a finetuned model.
 
 Depth metrics (AbsRel, RMSE, delta < 1.25) are computed over the valid pixels of each frame, those whose true depth
 lies in (0, 10] m, averaged per frame, then over frames. They are measured on the model's dense prediction with the
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..models.inputs import model_inputs
 
 MAX_EVAL_DEPTH = 10.0
 
@@ -207,7 +210,7 @@ def evaluate_segmentation(model, batches, num_classes: int, ignore_index: int, a
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     metrics = SegmentationMetrics(num_classes, ignore_index)
     for batch in batches:
-        logits = model(pixel_values=batch["pixel_values"].to(device)).logits
+        logits = model(**model_inputs(model, batch, device, targets=False)).logits  # no labels: no loss
         metrics.update(logits.argmax(1).cpu(), batch["labels"])
     confusion = metrics.confusion
     if accelerator is not None:
@@ -227,3 +230,16 @@ def format_iou_table(metrics: dict) -> str:
     lines.append(f"overall accuracy {metrics['overall_accuracy'] * 100:.2f} "
                  "(-: a class in neither prediction nor labels)")
     return "\n".join(lines)
+
+
+__all__ = [
+    "MAX_EVAL_DEPTH",
+    "DepthMetrics",
+    "SegmentationMetrics",
+    "evaluate_depth",
+    "evaluate_segmentation",
+    "format_iou_table",
+    "frame_depth_metrics",
+    "mean_depth_baseline",
+    "save_reconstruction_figure",
+]
