@@ -197,9 +197,33 @@ def test_tiny_preset_learns_the_scenes_it_trained_on(nuscenes_root, nuscenes_spe
                "--mixed_precision", "no", "--dynamo_backend", "no", str(EXAMPLES / "finetune_bevdet.py"),
                "--dataroot", str(nuscenes_root), "--version", nuscenes_spec.version, "--train_split", "mini_train",
                "--eval_split", "mini_train", "--config_name", "tiny", "--max_train_steps", "100",
-               "--num_warmup_steps", "10", "--output_dir", str(output_dir)]
+               "--num_warmup_steps", "10", "--output_dir", str(output_dir),
+               # An epoch here is 2 steps: a worker process started for every epoch's loader would double the run.
+               "--dataloader_num_workers", "0"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((output_dir / "metrics.json").read_text())
     print({key: round(value, 3) for key, value in metrics.items() if isinstance(value, float)})
     assert metrics["mAP"] >= 0.5, metrics
+
+
+def test_layer_decay_ids_are_bevdets_on_the_detectors_parameter_names():
+    """BEVDet's LayerDecayOptimizerConstructor: embeddings 0, block j of stage i sum(depths[:i]) + j + 1, the merging
+    after stage i the id of stage i + 1's first block, the rest sum(depths) + 1 (here depths [1, 1, 2, 1]: 6)."""
+    script = load_example("finetune_bevdet")
+    model = GeoMIMForBEVDetection(GeoMIMBEVDetectionConfig.from_preset("tiny"))
+    names = {name for name, _ in model.named_parameters()}
+    encoder = "bev_model.encoder.geomim."
+    expected = {
+        encoder + "embeddings.patch_embeddings.projection.weight": 0,
+        encoder + "embeddings.position_embeddings": 0,
+        encoder + "encoder.layers.0.blocks.0.mlp.fc1.weight": 1,
+        encoder + "encoder.layers.2.blocks.1.attention.q_proj.weight": 1 + 1 + 1 + 1,
+        encoder + "encoder.layers.1.downsample.reduction.weight": 1 + 1 + 1,
+        encoder + "hidden_states_norms.stage4.weight": 6,
+        "bev_model.image_neck.fuse1.conv.weight": 6,
+        "head.task_heads.0.outputs.heatmap.1.bias": 6,
+    }
+    assert set(expected) <= names
+    depths = model.config.bev_config.encoder_config.depths
+    assert {name: script.swin_layer_id(name, depths) for name in expected} == expected

@@ -330,12 +330,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(case):
     assert model.supports_gradient_checkpointing == case.gradient_checkpointing
     if not case.gradient_checkpointing:
         with pytest.raises(ValueError, match="does not support"):
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         return
     model.train()
     checkpointed = copy.deepcopy(model)
-    checkpointed.gradient_checkpointing_enable()
-    assert model.is_gradient_checkpointing is False and checkpointed.is_gradient_checkpointing
+    checkpointed.activation_checkpointing_enable()
+    assert not model.is_activation_checkpointing and checkpointed.is_activation_checkpointing
     inputs = case.inputs(2, 0)
     expected, actual = gradients(model, case, inputs), gradients(checkpointed, case, inputs)
     assert expected.keys() == actual.keys() and len(expected) > 0
