@@ -26,8 +26,8 @@ from geomim_hf.data.nuscenes import load_nuscenes
 from geomim_hf.data.nuscenes_constants import CATEGORY_TO_DETECTION_CLASS
 from geomim_hf.data.scannet import load_scannet
 from geomim_hf.data.synthetic import NuScenesSpec, ScanNetSpec, generate_nuscenes, generate_scannet
-from geomim_hf.visualization import render_preview
 from geomim_hf.models.inputs import model_inputs
+from geomim_hf.visualization import render_preview
 
 
 def _step(title: str) -> None:

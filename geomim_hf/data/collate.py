@@ -13,8 +13,9 @@ from ..geometry import lidar_depth_targets
 from .image_processing_geomim import GeoMIMImageProcessor
 from .nuscenes_constants import DETECTION_CLASSES
 
+
 def chain_to_key_ego(camera_to_ego: np.ndarray, camera_ego_to_global: np.ndarray,
-                       key_ego_to_global: np.ndarray) -> np.ndarray:
+                     key_ego_to_global: np.ndarray) -> np.ndarray:
     """(N, 4, 4) camera -> ego frame of the LiDAR key frame (BEVDet's ``sensor2keyego``).
 
     Each camera fires at its own time, when the car is elsewhere: chain camera -> ego at the camera's time -> global

@@ -20,9 +20,9 @@ import torch
 from pyquaternion import Quaternion
 
 from ..data.bev_augmentation import augment_boxes
-from ..models.inputs import model_inputs
 from ..data.nuscenes import nuscenes_database, split_sample_tokens
 from ..data.nuscenes_constants import DETECTION_CLASSES
+from ..models.inputs import model_inputs
 
 MAX_BOXES_PER_SAMPLE = 500  # the benchmark's limit
 MOVING_SPEED = 0.2  # m/s; above it a box counts as moving when its attribute is chosen
@@ -70,9 +70,9 @@ class NuScenesDetectionEvaluator:
 
     Example::
 
-        evaluator = NuScenesDetectionEvaluator("data/nuscenes", "v1.0-trainval", "val")
+        evaluator = NuScenesDetectionEvaluator("data/nuscenes", "v1.0-trainval", "val", model.config.class_names)
         for batch in loader:
-            detections = model.post_process(model(**batch))
+            detections = model.post_process(model(**model_inputs(model, batch, targets=False)))
             evaluator.add_batch(batch, detections)
         metrics = evaluator.evaluate("eval_output")  # also writes eval_output/results_nusc.json
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ... import cli
 from ...visualization import render_preview
-from . import NuScenesSpec, OutputExistsError, ScanNetSpec, generate_nuscenes, generate_scannet
 from ..scannet_format import LAYOUTS
+from . import NuScenesSpec, OutputExistsError, ScanNetSpec, generate_nuscenes, generate_scannet
 
 PREVIEW_NAME = "preview.png"
 

@@ -33,7 +33,6 @@ from ...checkpoint_conversion import (
 from .configuration_geomim import GeoMIMConfig
 from .modeling_geomim import GeoMIMModel
 
-
 # Prefixes under which the encoder sits, tried in this order: GeoMIM / BEVFusion pretraining, BEVDet detectors, mmdet.
 BACKBONE_PREFIXES = ("encoders.camera.backbone.", "img_backbone.", "backbone.")
 
