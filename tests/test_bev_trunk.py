@@ -76,7 +76,7 @@ def test_a_checkpoint_written_before_the_trunk_existed_loads_and_resaves_in_the_
     assert "bev_config" in json.loads((tmp_path / "resaved" / "config.json").read_text())
 
 
-def test_a_trunk_saved_alone_loads_into_a_detector(tmp_path):
+def test_a_trunk_loads_into_a_detector_and_a_detectors_trunk_loads_alone(tmp_path):
     torch.manual_seed(0)
     trunk = randomised(GeoMIMBEVModel(tiny_trunk()))
     trunk.save_pretrained(tmp_path / "trunk")
@@ -90,6 +90,13 @@ def test_a_trunk_saved_alone_loads_into_a_detector(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(detector.eval()(**inputs).bev_features, trunk(**inputs).bev_features,
                                    rtol=0, atol=0)
+
+    randomised(detector).save_pretrained(tmp_path / "detector")
+    alone, info = GeoMIMBEVModel.from_pretrained(tmp_path / "detector", output_loading_info=True)
+    assert not info["missing_keys"] and all(key.startswith("head.") for key in info["unexpected_keys"])
+    assert alone.config.image_size == config.bev_config.image_size and alone.config.num_previous_frames == 1
+    for key, value in detector.bev_model.state_dict().items():
+        assert torch.equal(alone.state_dict()[key], value), key
 
 
 def relative_difference(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -85,6 +85,7 @@ class GeoMIMBEVConfig(PreTrainedConfig):
     """
 
     model_type = "geomim_bev"
+    base_config_key = "bev_config"  # a head's config holds the trunk's there: its folders load as a trunk too
     sub_configs_defaults = {"encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="geomim")}
 
     encoder_config: dict | PreTrainedConfig | None = None
