@@ -66,7 +66,7 @@ def test_a_checkpoint_written_before_the_trunk_existed_loads_and_resaves_in_the_
     for key, value in reference.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     inputs = random_inputs(config)
-    with torch.no_grad():
+    with torch.no_grad():  # the same weights on the same inputs in one process: the same kernels, bitwise
         torch.testing.assert_close(loaded.eval()(**inputs).head_outputs[0]["heatmap"],
                                    reference(**inputs).head_outputs[0]["heatmap"], rtol=0, atol=0)
 
@@ -87,7 +87,7 @@ def test_a_trunk_loads_into_a_detector_and_a_detectors_trunk_loads_alone(tmp_pat
     for key, value in trunk.state_dict().items():
         assert torch.equal(detector.bev_model.state_dict()[key], value), key
     inputs = random_inputs(config)
-    with torch.no_grad():
+    with torch.no_grad():  # the detector runs this trunk's weights through the same code: bitwise
         torch.testing.assert_close(detector.eval()(**inputs).bev_features, trunk(**inputs).bev_features,
                                    rtol=0, atol=0)
 
@@ -129,6 +129,7 @@ def test_previous_frames_are_taken_with_or_without_their_frame_axis():
     with torch.no_grad():
         without_axis = model(**inputs, **previous)
         with_axis = model(**inputs, **{name: value.unsqueeze(1) for name, value in previous.items()})
+    # The frame axis is only unsqueezed: the same tensors go through the same kernels.
     torch.testing.assert_close(with_axis.bev_features, without_axis.bev_features, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"previous_pixel_values must have shape \(1, 1, 6, 3, 64, 192\)"):
         model(**inputs, previous_pixel_values=previous["previous_pixel_values"][:, None].repeat(1, 2, 1, 1, 1, 1),

@@ -10,6 +10,7 @@ never change nothing silently.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 
@@ -30,9 +31,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def forward_parameters(model: torch.nn.Module) -> tuple[str, ...]:
     """The named parameters of the model's `forward`, in signature order (no `*args` / `**kwargs`)."""
-    signature = inspect.signature(unwrap(model).forward)
+    return _forward_parameters(type(unwrap(model)))
+
+
+@functools.cache
+def _forward_parameters(model_class: type) -> tuple[str, ...]:
+    # Read once per class: the contract is applied to every training batch.
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return tuple(name for name, parameter in signature.parameters.items() if parameter.kind in named)
+    parameters = inspect.signature(model_class.forward).parameters
+    return tuple(name for name, parameter in list(parameters.items())[1:] if parameter.kind in named)  # not self
 
 
 def target_parameters(model: torch.nn.Module) -> tuple[str, ...]:
